@@ -1,0 +1,207 @@
+//! The typed configuration tree. The server builds it once at start from `chiron.toml` plus
+//! `CHIRON_<SECTION>__<KEY>` environment overrides and hands each component its own section.
+//! Every field has a default, so `chiron serve --demo` needs no file at all.
+//!
+//! Secret material is never a config value: the token pepper is referenced by file path.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// HTTP listener and public identity.
+    pub server: ServerConfig,
+    /// Storage backend.
+    pub database: DatabaseConfig,
+    /// Token issuance and verification.
+    pub auth: AuthConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the HTTP server binds.
+    pub listen: SocketAddr,
+    /// The URL clients use to reach chiron (may differ from `listen` behind a reverse proxy).
+    /// Token audiences and protected-resource metadata derive from it.
+    pub public_url: Url,
+    /// Where chiron keeps its SQLite database, keys and per-principal homes.
+    pub data_dir: PathBuf,
+    /// How long shutdown waits for in-flight requests before giving up.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
+            public_url: Url::parse("http://127.0.0.1:8787").expect("constant url parses"),
+            data_dir: PathBuf::from("./chiron-data"),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// `public_url` without a trailing slash, the base for every URL chiron hands out.
+    pub fn public_base(&self) -> String {
+        self.public_url.as_str().trim_end_matches('/').to_owned()
+    }
+
+    /// The MCP endpoint URL and default token audience: `<public_url>/mcp`.
+    pub fn mcp_url(&self) -> String {
+        format!("{}/mcp", self.public_base())
+    }
+}
+
+/// `[database]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://…` or `postgres://…`. Empty means `sqlite://<data_dir>/chiron.db`.
+    /// `CHIRON_DATABASE_URL` overrides it.
+    pub url: String,
+    /// Upper bound on pooled connections.
+    pub max_connections: u32,
+    /// How long a query waits for a connection before failing (and `/readyz` turning 503).
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Lifetime of a token when the issuer names none.
+    #[serde(with = "humantime_serde")]
+    pub default_token_ttl: Duration,
+    /// The longest lifetime any issuer may ask for.
+    #[serde(with = "humantime_serde")]
+    pub max_token_ttl: Duration,
+    /// How long a positive verification is cached. A revoke made through the server takes
+    /// effect at once; one made by the CLI on storage takes effect within this time.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// How often `last_used_at` is written per token at most.
+    #[serde(with = "humantime_serde")]
+    pub last_used_interval: Duration,
+    /// A file holding a server pepper; when set, token hashes are HMAC-SHA-256 keyed with it.
+    pub pepper_file: Option<PathBuf>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            default_token_ttl: Duration::from_secs(30 * 24 * 3600),
+            max_token_ttl: Duration::from_secs(365 * 24 * 3600),
+            cache_ttl: Duration::from_secs(2),
+            last_used_interval: Duration::from_secs(60),
+            pepper_file: None,
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `human` or `json`.
+    pub format: LogFormat,
+    /// An `EnvFilter` directive such as `info` or `chiron=debug,info`; `RUST_LOG` wins.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Readable lines for a terminal.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A value that parses but makes no sense, named by its key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid value for `{key}`: {reason}")]
+pub struct InvalidConfig {
+    /// Dotted key, e.g. `auth.cache_ttl`.
+    pub key: &'static str,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl Config {
+    /// Cross-field checks that serde cannot express.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        let bad = |key, reason: &str| {
+            Err(InvalidConfig {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        match self.server.public_url.scheme() {
+            "http" | "https" => {}
+            _ => return bad("server.public_url", "must be an http:// or https:// URL"),
+        }
+        if self.server.public_url.host_str().is_none() {
+            return bad("server.public_url", "must name a host");
+        }
+        if !(self.database.url.is_empty()
+            || self.database.url.starts_with("sqlite:")
+            || self.database.url.starts_with("postgres://")
+            || self.database.url.starts_with("postgresql://"))
+        {
+            return bad("database.url", "must start with sqlite: or postgres://");
+        }
+        if self.database.max_connections == 0 {
+            return bad("database.max_connections", "must be at least 1");
+        }
+        if self.auth.default_token_ttl.is_zero() {
+            return bad("auth.default_token_ttl", "must be positive");
+        }
+        if self.auth.default_token_ttl > self.auth.max_token_ttl {
+            return bad(
+                "auth.default_token_ttl",
+                "must not exceed auth.max_token_ttl",
+            );
+        }
+        if self.auth.cache_ttl > Duration::from_secs(10) {
+            return bad(
+                "auth.cache_ttl",
+                "must be at most 10s so revocations apply quickly",
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,186 @@
+//! chiron's storage: [`Store`] is one repository API over SQLite (the embedded default, WAL)
+//! and PostgreSQL (scale-out). Both run the same portable schema from `migrations/`: ids are
+//! UUID text and times are Unix milliseconds, so every query is written once and runs on
+//! sqlx's `Any` driver against either backend.
+//!
+//! Modules group the repository methods by table family: [`principals`], [`groups`],
+//! [`tokens`], [`audit`]. Mutations that must be audited take the audit event and write it in
+//! the same transaction, so an action and its audit row land together or not at all.
+//!
+//! Invariant: no token and no secret value is ever written by this crate; tokens arrive here
+//! already hashed.
+
+pub mod audit;
+pub mod groups;
+pub mod principals;
+pub mod tokens;
+
+mod rows;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+use std::str::FromStr;
+
+/// The migrations both backends run.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Which database a [`Store`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// An SQLite file.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+impl Backend {
+    /// Picks the backend from a database URL.
+    pub fn from_url(url: &str) -> Result<Self, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else {
+            Err(StoreError::UnsupportedUrl)
+        }
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// Errors from storage. Messages never contain query parameters.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL names neither SQLite nor PostgreSQL.
+    #[error("database url must start with sqlite: or postgres://")]
+    UnsupportedUrl,
+    /// The database could not be reached or a query failed.
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    /// Applying migrations failed.
+    #[error("migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A uniqueness rule would be broken, e.g. a group name already taken.
+    #[error("{0} already exists")]
+    Conflict(&'static str),
+    /// The referenced row does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// A stored value could not be decoded; the schema and the code disagree.
+    #[error("corrupt row in {table}: {reason}")]
+    Corrupt {
+        /// The table holding the bad row.
+        table: &'static str,
+        /// What could not be decoded.
+        reason: String,
+    },
+}
+
+/// Connection settings, a subset of the `[database]` config.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// `sqlite:…` or `postgres://…`.
+    pub url: String,
+    /// Upper bound on pooled connections.
+    pub max_connections: u32,
+    /// How long a query waits for a connection.
+    pub acquire_timeout: Duration,
+}
+
+/// A handle on the database; cheap to clone (the pool is shared).
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    /// Opens a pool. For SQLite the file is created if missing and put in WAL mode. Does not
+    /// migrate: call [`Store::migrate`].
+    pub async fn connect(options: &ConnectOptions) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::from_url(&options.url)?;
+        let mut url = options.url.clone();
+        if backend == Backend::Sqlite && !url.contains("mode=") {
+            url.push_str(if url.contains('?') {
+                "&mode=rwc"
+            } else {
+                "?mode=rwc"
+            });
+        }
+        let connect_options = AnyConnectOptions::from_str(&url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers proceed during a write; the busy timeout makes
+                        // concurrent writers wait instead of failing; foreign keys are off by
+                        // default in SQLite.
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(connect_options)
+            .await?;
+        Ok(Self { pool, backend })
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Connects and migrates.
+    pub async fn open(options: &ConnectOptions) -> Result<Self, StoreError> {
+        let store = Self::connect(options).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Which backend this store uses.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// A round trip to the database, for readiness checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes every pooled connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}
+
+/// Maps a unique-constraint violation to [`StoreError::Conflict`].
+pub(crate) fn conflict_or(err: sqlx::Error, what: &'static str) -> StoreError {
+    match &err {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(what),
+        _ => StoreError::Database(err),
+    }
+}

@@ -1,0 +1,8 @@
+//! Every repository method, run once on SQLite and once on PostgreSQL
+//! (`<case>::sqlite` / `<case>::postgres`).
+
+mod audit;
+mod groups;
+mod principals;
+mod support;
+mod tokens;
