@@ -7,8 +7,7 @@
 
 use std::time::Duration;
 
-use sqlx::any::AnyRow;
-use sqlx::{Column, Row};
+use sqlx::Row;
 
 use crate::{ConnectOptions, Store};
 
@@ -120,57 +119,62 @@ pub async fn store(backend: crate::Backend) -> (Store, TestDb) {
 }
 
 /// Every value of every row of every table as text, for tests that search storage for bytes
-/// that must never be stored (tokens, secret values).
+/// that must never be stored (tokens, secret values). Each column is cast to text in SQL, so
+/// no type is skipped.
 pub async fn dump_all_tables(store: &Store) -> String {
     let tables_sql = match store.backend() {
         crate::Backend::Sqlite => "SELECT name FROM sqlite_master WHERE type = 'table'",
         crate::Backend::Postgres => {
-            "SELECT table_name AS name FROM information_schema.tables
+            "SELECT CAST(table_name AS TEXT) AS name FROM information_schema.tables
              WHERE table_schema = 'public'"
         }
     };
-    let tables: Vec<String> = sqlx::query(tables_sql)
-        .fetch_all(store.pool())
-        .await
-        .expect("list tables")
-        .iter()
-        .map(|row| row.get::<String, _>("name"))
-        .collect();
     let mut dump = String::new();
-    for table in tables {
-        let rows = sqlx::query(&format!("SELECT * FROM {table}"))
+    for table in text_column(store, tables_sql, "name").await {
+        let columns_sql = match store.backend() {
+            crate::Backend::Sqlite => format!("SELECT name FROM pragma_table_info('{table}')"),
+            crate::Backend::Postgres => format!(
+                "SELECT CAST(column_name AS TEXT) AS name FROM information_schema.columns
+                 WHERE table_schema = 'public' AND table_name = '{table}'"
+            ),
+        };
+        let columns = text_column(store, &columns_sql, "name").await;
+        let select = columns
+            .iter()
+            .map(|c| match store.backend() {
+                // Blobs (the migration checksums) are not UTF-8: show them as hex.
+                crate::Backend::Sqlite => format!(
+                    "CASE WHEN typeof({c}) = 'blob' THEN hex({c}) ELSE CAST({c} AS TEXT) END"
+                ),
+                crate::Backend::Postgres => format!("CAST({c} AS TEXT)"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = sqlx::query(&format!("SELECT {select} FROM {table}"))
             .fetch_all(store.pool())
             .await
             .expect("read table");
         for row in &rows {
             dump.push_str(&table);
             dump.push(':');
-            dump.push_str(&row_text(row));
+            for (idx, column) in columns.iter().enumerate() {
+                let value: Option<String> = row.get(idx);
+                dump.push_str(&format!(" {column}={}", value.unwrap_or_default()));
+            }
             dump.push('\n');
         }
     }
     dump
 }
 
-fn row_text(row: &AnyRow) -> String {
-    let mut text = String::new();
-    for (idx, column) in row.columns().iter().enumerate() {
-        let value = row
-            .try_get::<Option<String>, _>(idx)
-            .map(|v| v.unwrap_or_default())
-            .or_else(|_| row.try_get::<Option<i64>, _>(idx).map(|v| format!("{v:?}")))
-            .or_else(|_| {
-                row.try_get::<Option<bool>, _>(idx)
-                    .map(|v| format!("{v:?}"))
-            })
-            .or_else(|_| {
-                row.try_get::<Option<Vec<u8>>, _>(idx)
-                    .map(|v| String::from_utf8_lossy(&v.unwrap_or_default()).into_owned())
-            })
-            .unwrap_or_else(|_| "<undecodable>".to_owned());
-        text.push_str(&format!(" {}={value}", column.name()));
-    }
-    text
+async fn text_column(store: &Store, sql: &str, column: &str) -> Vec<String> {
+    sqlx::query(sql)
+        .fetch_all(store.pool())
+        .await
+        .expect("catalog query")
+        .iter()
+        .map(|row| row.get::<String, _>(column))
+        .collect()
 }
 
 /// Runs one async test body against both backends: `backend_tests!(name, |store| async {..})`
