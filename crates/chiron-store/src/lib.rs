@@ -20,6 +20,9 @@ mod rows;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+/// sqlx's error type, for callers that classify database failures.
+pub use sqlx::Error as SqlxError;
+
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};

@@ -1,0 +1,362 @@
+//! The admin API under `/admin/api/`. Every route requires a bearer token with the `admin`
+//! scope ([`AdminAuth`]). Responses are JSON; errors are [`ApiError`] with stable codes. The
+//! token-issuing route is the only response that ever contains a token.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use chiron_auth::IssueRequest;
+use chiron_core::{
+    Actor, CreatedVia, GroupId, PrincipalId, PrincipalStatus, Scope, Scopes, TokenId,
+};
+use chiron_store::audit::AuditFilter;
+
+pub use crate::bearer::AdminAuth;
+use crate::{ApiError, AppState};
+
+/// The admin routes, to be nested under `/admin/api`.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/principals", get(list_principals).post(create_principal))
+        .route("/principals/{id}", get(get_principal))
+        .route("/principals/{id}/disable", post(disable_principal))
+        .route("/principals/{id}/enable", post(enable_principal))
+        .route(
+            "/principals/{id}/tokens",
+            get(list_tokens).post(issue_token),
+        )
+        .route(
+            "/principals/{id}/tokens/revoke-all",
+            post(revoke_all_tokens),
+        )
+        .route("/tokens/{id}/revoke", post(revoke_token))
+        .route("/groups", get(list_groups).post(create_group))
+        .route("/groups/{name}", get(get_group).delete(delete_group))
+        .route(
+            "/groups/{name}/members/{principal}",
+            put(add_member).delete(remove_member),
+        )
+        .route("/audit", get(list_audit))
+}
+
+/// A JSON body whose rejection is an [`ApiError`] with the stable error shape.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        ApiError::BadRequest(rejection.body_text())
+    }
+}
+
+fn parse_id<T: FromStr>(text: &str, what: &'static str) -> Result<T, ApiError> {
+    // A malformed id names nothing: it is simply not found.
+    text.parse().map_err(|_| ApiError::NotFound(what))
+}
+
+fn actor(admin: &AdminAuth) -> Actor {
+    Actor::principal(admin.0.principal.id, "admin-api")
+}
+
+async fn list_principals(
+    _: AdminAuth,
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
+    let principals = state.store.list_principals().await?;
+    Ok(Json(json!({ "principals": principals })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreatePrincipal {
+    display_name: String,
+}
+
+async fn create_principal(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreatePrincipal>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let name = body.display_name.trim();
+    if name.is_empty() {
+        return Err(ApiError::BadRequest(
+            "display_name must not be empty".into(),
+        ));
+    }
+    let principal = state.store.create_principal(name).await?;
+    Ok((StatusCode::CREATED, Json(json!(principal))))
+}
+
+async fn get_principal(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id: PrincipalId = parse_id(&id, "principal")?;
+    let principal = state
+        .store
+        .get_principal(id)
+        .await?
+        .ok_or(ApiError::NotFound("principal"))?;
+    let groups = state.store.groups_of(id).await?;
+    let identities = state.store.identities_of(id).await?;
+    Ok(Json(
+        json!({ "principal": principal, "groups": groups, "identities": identities }),
+    ))
+}
+
+async fn set_status(
+    admin: AdminAuth,
+    state: AppState,
+    id: &str,
+    status: PrincipalStatus,
+) -> Result<Json<Value>, ApiError> {
+    let id: PrincipalId = parse_id(id, "principal")?;
+    let principal = state
+        .auth
+        .set_principal_status(id, status, actor(&admin))
+        .await?;
+    Ok(Json(json!(principal)))
+}
+
+async fn disable_principal(
+    admin: AdminAuth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set_status(admin, state, &id, PrincipalStatus::Disabled).await
+}
+
+async fn enable_principal(
+    admin: AdminAuth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set_status(admin, state, &id, PrincipalStatus::Active).await
+}
+
+#[derive(Deserialize)]
+struct TokenListQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+async fn list_tokens(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<TokenListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let id: PrincipalId = parse_id(&id, "principal")?;
+    state
+        .store
+        .get_principal(id)
+        .await?
+        .ok_or(ApiError::NotFound("principal"))?;
+    let tokens = state.store.list_tokens(id, query.all).await?;
+    Ok(Json(json!({ "tokens": tokens })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssueBody {
+    #[serde(default)]
+    name: Option<String>,
+    /// Scopes; default `["mcp:tools"]`.
+    #[serde(default)]
+    scopes: Option<Vec<Scope>>,
+    /// Lifetime such as `7d`; default the configured default.
+    #[serde(default)]
+    ttl: Option<String>,
+}
+
+async fn issue_token(
+    admin: AdminAuth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<IssueBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let principal_id: PrincipalId = parse_id(&id, "principal")?;
+    let ttl = body
+        .ttl
+        .as_deref()
+        .map(parse_ttl)
+        .transpose()
+        .map_err(|err| ApiError::BadRequest(format!("ttl: {err}")))?;
+    let scopes = Scopes::new(body.scopes.unwrap_or_else(|| vec![Scope::McpTools]));
+    let issued = state
+        .auth
+        .issue(IssueRequest {
+            principal_id,
+            name: body.name.unwrap_or_else(|| "admin-issued".into()),
+            scopes,
+            ttl,
+            created_via: CreatedVia::AdminApi,
+            actor: actor(&admin),
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "token": issued.secret.expose(), "metadata": issued.record })),
+    ))
+}
+
+/// Parses `7d`, `12h`, `30m` and the like.
+pub fn parse_ttl(text: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(text)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// The reason from an optional `{"reason": …}` body.
+fn revoke_reason(body: &[u8]) -> Result<String, ApiError> {
+    let parsed: RevokeBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RevokeBody::default()
+    } else {
+        serde_json::from_slice(body).map_err(|err| ApiError::BadRequest(err.to_string()))?
+    };
+    Ok(parsed.reason.unwrap_or_else(|| "revoked by admin".into()))
+}
+
+async fn revoke_token(
+    admin: AdminAuth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let id: TokenId = parse_id(&id, "token")?;
+    let reason = revoke_reason(&body)?;
+    let token = state.auth.revoke(id, None, &reason, actor(&admin)).await?;
+    Ok(Json(json!(token)))
+}
+
+async fn revoke_all_tokens(
+    admin: AdminAuth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let id: PrincipalId = parse_id(&id, "principal")?;
+    let reason = revoke_reason(&body)?;
+    let revoked = state.auth.revoke_all(id, &reason, actor(&admin)).await?;
+    Ok(Json(json!({ "revoked": revoked })))
+}
+
+async fn list_groups(_: AdminAuth, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "groups": state.store.list_groups().await? })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateGroup {
+    name: String,
+}
+
+async fn create_group(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreateGroup>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let name = body.name.trim();
+    if name.is_empty() {
+        return Err(ApiError::BadRequest("name must not be empty".into()));
+    }
+    let group = state.store.create_group(name).await?;
+    Ok((StatusCode::CREATED, Json(json!(group))))
+}
+
+async fn group_id(state: &AppState, name: &str) -> Result<GroupId, ApiError> {
+    Ok(state
+        .store
+        .group_by_name(name)
+        .await?
+        .ok_or(ApiError::NotFound("group"))?
+        .id)
+}
+
+async fn get_group(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let group = state
+        .store
+        .group_by_name(&name)
+        .await?
+        .ok_or(ApiError::NotFound("group"))?;
+    let members = state.store.group_members(group.id).await?;
+    Ok(Json(json!({ "group": group, "members": members })))
+}
+
+async fn delete_group(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = group_id(&state, &name).await?;
+    state.store.delete_group(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn add_member(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path((name, principal)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let id = group_id(&state, &name).await?;
+    let principal: PrincipalId = parse_id(&principal, "principal")?;
+    state.store.add_group_member(id, principal).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn remove_member(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path((name, principal)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let id = group_id(&state, &name).await?;
+    let principal: PrincipalId = parse_id(&principal, "principal")?;
+    if state.store.remove_group_member(id, principal).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("membership"))
+    }
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    action: Option<String>,
+    target: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_audit(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Query(query): Query<AuditQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let filter = AuditFilter {
+        action: query.action,
+        target_id: query.target,
+        since: None,
+        limit: Some(query.limit.unwrap_or(100).min(1000)),
+    };
+    Ok(Json(
+        json!({ "events": state.store.list_audit(&filter).await? }),
+    ))
+}

@@ -1,0 +1,67 @@
+//! Running the HTTP server: bind with TCP_NODELAY, serve until the shutdown future resolves,
+//! then stop accepting and drain in-flight requests for up to the grace period.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Binds `addr`.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then drains: new connections are
+/// refused, in-flight requests finish, idle keep-alive connections close. Returns once drained
+/// or after `grace`, whichever comes first.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()> {
+    // Session-mode MCP writes SSE frames in pieces; without TCP_NODELAY Nagle's algorithm
+    // delays them by tens of milliseconds.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "could not set TCP_NODELAY");
+        }
+    });
+    let draining = CancellationToken::new();
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(draining.clone().cancelled_owned());
+    let server = tokio::spawn(async move { server.await });
+    shutdown.await;
+    tracing::info!("shutting down: draining in-flight requests");
+    draining.cancel();
+    match tokio::time::timeout(grace, server).await {
+        Ok(joined) => joined.map_err(std::io::Error::other)?,
+        Err(_) => {
+            tracing::warn!(grace = ?grace, "in-flight requests still running after the grace period");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("invariant: installing a SIGTERM handler succeeds on unix");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

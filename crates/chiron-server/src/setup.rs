@@ -1,0 +1,145 @@
+//! Preparing a chiron installation: the data directory, storage, the auth service, and the
+//! bootstrap admin principal whose first token is printed once.
+
+use std::fs;
+use std::path::Path;
+
+use chiron_auth::{AuthService, AuthSettings, IssueRequest, IssuedToken};
+use chiron_core::{Actor, Config, CreatedVia, Principal, Scope, Scopes};
+use chiron_store::{ConnectOptions, Store, StoreError};
+
+use crate::config::database_url;
+
+/// The external identity that marks chiron's own bootstrap principals.
+pub const LOCAL_PROVIDER: &str = "chiron";
+/// Tenant of chiron's own principals.
+pub const LOCAL_TENANT: &str = "local";
+
+/// Why setup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The pepper file could not be read.
+    #[error("cannot read auth.pepper_file {path}")]
+    Pepper {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Storage failed.
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    /// Issuing the bootstrap token failed.
+    #[error("issuing the bootstrap token: {0}")]
+    Auth(#[from] chiron_auth::AuthError),
+}
+
+/// Creates the data directory (mode 0700) when the database lives in it.
+pub fn prepare_data_dir(config: &Config) -> Result<(), SetupError> {
+    let dir = &config.server.data_dir;
+    fs::create_dir_all(dir).map_err(|source| SetupError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+    }
+    Ok(())
+}
+
+/// Connection options from the `[database]` section.
+pub fn connect_options(config: &Config) -> ConnectOptions {
+    ConnectOptions {
+        url: database_url(config),
+        max_connections: config.database.max_connections,
+        acquire_timeout: config.database.acquire_timeout,
+    }
+}
+
+/// Opens storage and applies migrations; for SQLite, creates the data directory first.
+pub async fn open_store(config: &Config) -> Result<Store, SetupError> {
+    if config.database.url.is_empty() {
+        prepare_data_dir(config)?;
+    }
+    Ok(Store::open(&connect_options(config)).await?)
+}
+
+/// The auth service for this configuration.
+pub fn auth_service(config: &Config, store: Store) -> Result<AuthService, SetupError> {
+    let pepper = match &config.auth.pepper_file {
+        Some(path) => Some(read_pepper(path)?),
+        None => None,
+    };
+    let settings = AuthSettings {
+        audience: config.server.mcp_url(),
+        default_ttl: config.auth.default_token_ttl,
+        max_ttl: config.auth.max_token_ttl,
+        cache_ttl: config.auth.cache_ttl,
+        last_used_interval: config.auth.last_used_interval,
+    };
+    Ok(AuthService::new(store, settings, pepper))
+}
+
+fn read_pepper(path: &Path) -> Result<Vec<u8>, SetupError> {
+    let bytes = fs::read(path).map_err(|source| SetupError::Pepper {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(bytes.trim_ascii().to_vec())
+}
+
+/// Finds chiron's own principal `subject` (`admin`, `demo`), creating it if missing.
+/// Returns the principal and whether it was created now.
+pub async fn local_principal(
+    store: &Store,
+    subject: &str,
+) -> Result<(Principal, bool), SetupError> {
+    if let Some(identity) = store
+        .find_identity(LOCAL_PROVIDER, LOCAL_TENANT, subject)
+        .await?
+    {
+        if let Some(principal) = store.get_principal(identity.principal_id).await? {
+            return Ok((principal, false));
+        }
+    }
+    let principal = store.create_principal(subject).await?;
+    store
+        .link_identity(LOCAL_PROVIDER, LOCAL_TENANT, subject, principal.id)
+        .await?;
+    Ok((principal, true))
+}
+
+/// Creates the `admin` principal and its first admin token if this installation has none.
+/// Returns the token only when it was created now: it is shown once and never again.
+pub async fn bootstrap_admin(
+    auth: &AuthService,
+    via: CreatedVia,
+) -> Result<Option<IssuedToken>, SetupError> {
+    let (admin, created) = local_principal(auth.store(), "admin").await?;
+    if !created {
+        return Ok(None);
+    }
+    let issued = auth
+        .issue(IssueRequest {
+            principal_id: admin.id,
+            name: "bootstrap admin".into(),
+            scopes: Scopes::new([Scope::Admin]),
+            ttl: Some(auth.settings().max_ttl),
+            created_via: via,
+            actor: Actor::system(via.as_str()),
+        })
+        .await?;
+    Ok(Some(issued))
+}

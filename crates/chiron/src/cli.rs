@@ -1,0 +1,184 @@
+//! Command-line definition.
+
+use std::path::PathBuf;
+
+use chiron_core::config::LogFormat;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// chiron — a self-hosted MCP gateway for teams.
+///
+/// AI clients connect to chiron's MCP endpoint with a bearer token; chiron knows who they are,
+/// shows them only the tools they were granted and runs those tools in a sandbox per person.
+///
+/// Start here: `chiron serve --demo` sets everything up in ./chiron-data and prints a working
+/// MCP URL, token and client configuration.
+#[derive(Debug, Parser)]
+#[command(name = "chiron", version, about, long_about, max_term_width = 100)]
+pub struct Cli {
+    /// Configuration file (TOML). Default: ./chiron.toml if it exists. Every key can also be set
+    /// with CHIRON_<SECTION>__<KEY>, e.g. CHIRON_SERVER__PUBLIC_URL.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log format on stderr (overrides log.format).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `--log-format` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormatArg {
+    /// Readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(arg: LogFormatArg) -> Self {
+        match arg {
+            LogFormatArg::Human => LogFormat::Human,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Zero-config demo: create ./chiron-data, set up storage and an admin, and print
+        /// what a client needs to connect.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Create the data directory and storage, and print the first admin token (once).
+    Init,
+    /// Apply storage migrations and exit.
+    Migrate,
+    /// Print the effective configuration (secrets redacted) and check what this host offers.
+    Doctor,
+    /// Print the version.
+    Version,
+    /// Manage principals: the people and services that hold tokens.
+    #[command(subcommand)]
+    Principal(PrincipalCommand),
+    /// Manage groups of principals.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Issue, list and revoke MCP tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PrincipalCommand {
+    /// Create a principal.
+    Add {
+        /// Display name.
+        name: String,
+    },
+    /// List principals.
+    List,
+    /// Disable a principal: all of its tokens stop working.
+    Disable {
+        /// Principal id or exact display name.
+        principal: String,
+    },
+    /// Re-enable a disabled principal.
+    Enable {
+        /// Principal id or exact display name.
+        principal: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Create a group.
+    Create {
+        /// Group name.
+        name: String,
+    },
+    /// List groups.
+    List,
+    /// Delete a group.
+    Delete {
+        /// Group name.
+        name: String,
+    },
+    /// Add a principal to a group.
+    Add {
+        /// Group name.
+        group: String,
+        /// Principal id or exact display name.
+        principal: String,
+    },
+    /// Remove a principal from a group.
+    Remove {
+        /// Group name.
+        group: String,
+        /// Principal id or exact display name.
+        principal: String,
+    },
+    /// List a group's members.
+    Members {
+        /// Group name.
+        group: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Issue a token and print it once.
+    Issue(IssueArgs),
+    /// List a principal's tokens (metadata only; tokens are never stored).
+    List {
+        /// Principal id or exact display name.
+        #[arg(long)]
+        principal: String,
+        /// Include revoked and expired tokens.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke one token by id, or all of a principal's tokens with --all.
+    Revoke(RevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IssueArgs {
+    /// Principal id or exact display name.
+    #[arg(long)]
+    pub principal: String,
+    /// A label for the token, e.g. the machine or client it is for.
+    #[arg(long, default_value = "cli")]
+    pub name: String,
+    /// Lifetime such as 7d, 12h (default: auth.default_token_ttl).
+    #[arg(long, value_parser = humantime_duration)]
+    pub ttl: Option<std::time::Duration>,
+    /// Scope to grant; repeat for several (mcp:tools, admin). Default: mcp:tools.
+    #[arg(long = "scope", value_name = "SCOPE")]
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("which").required(true).args(["token_id", "all"]))]
+pub struct RevokeArgs {
+    /// The token id (from `chiron token list`).
+    pub token_id: Option<String>,
+    /// Revoke every token of --principal.
+    #[arg(long, requires = "principal")]
+    pub all: bool,
+    /// Principal id or exact display name (with --all).
+    #[arg(long)]
+    pub principal: Option<String>,
+    /// Why, for the audit log.
+    #[arg(long, default_value = "revoked by operator")]
+    pub reason: String,
+}
+
+fn humantime_duration(text: &str) -> Result<std::time::Duration, String> {
+    chiron_server::admin::parse_ttl(text).map_err(|err| err.to_string())
+}

@@ -1,0 +1,62 @@
+//! One module per command family. Each works directly on the libraries; the CLI never talks
+//! to a running server.
+
+mod doctor;
+mod manage;
+mod serve;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chiron_core::{Config, CreatedVia};
+use chiron_server::setup;
+
+use crate::cli::Command;
+
+pub async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { demo } => serve::run(config, demo).await,
+        Command::Init => init(config).await,
+        Command::Migrate => migrate(config).await,
+        Command::Doctor => doctor::run(config).await,
+        Command::Version => unreachable!("handled before configuration is loaded"),
+        Command::Principal(cmd) => manage::principal(config, cmd).await,
+        Command::Group(cmd) => manage::group(config, cmd).await,
+        Command::Token(cmd) => manage::token(config, cmd).await,
+    }
+}
+
+async fn init(config: Config) -> anyhow::Result<ExitCode> {
+    let store = setup::open_store(&config)
+        .await
+        .context("opening storage")?;
+    let auth = setup::auth_service(&config, store.clone())?;
+    match setup::bootstrap_admin(&auth, CreatedVia::Cli).await? {
+        Some(issued) => {
+            println!("chiron initialised in {}", config.server.data_dir.display());
+            println!();
+            println!("ADMIN TOKEN (shown once; it has the admin scope, keep it secret):");
+            println!("  {}", issued.secret.expose());
+            println!();
+            println!(
+                "Use it as `Authorization: Bearer <token>` on {}/admin/api/",
+                config.server.public_base()
+            );
+        }
+        None => {
+            println!("chiron is already initialised; the admin token is not shown again.");
+            println!("Issue another with: chiron token issue --principal admin --scope admin");
+        }
+    }
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn migrate(config: Config) -> anyhow::Result<ExitCode> {
+    let store = setup::open_store(&config)
+        .await
+        .context("applying migrations")?;
+    println!("migrations applied ({})", store.backend().as_str());
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
