@@ -75,11 +75,11 @@ pub fn effective_toml(config: &Config) -> String {
     toml::to_string_pretty(&shown).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
 }
 
-/// Replaces a password in a URL with `[redacted]`.
+/// Replaces a password in a URL with `redacted`.
 pub fn redact_url(raw: &str) -> String {
     match url::Url::parse(raw) {
         Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("[redacted]"));
+            let _ = parsed.set_password(Some("redacted"));
             parsed.to_string()
         }
         _ => raw.to_owned(),

@@ -1,0 +1,65 @@
+//! Graceful shutdown over a real socket: after the signal the server finishes the request in
+//! flight and then returns.
+
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use chiron_store::testing::store;
+use chiron_store::Backend;
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use crate::support::TestApp;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_requests() {
+    let (db_store, _db) = store(Backend::Sqlite).await;
+    let app = TestApp::new(db_store);
+
+    // The slow handler reports that it started, then waits until the test releases it.
+    let (started_tx, mut started_rx) = mpsc::channel::<()>(1);
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let release_rx = std::sync::Arc::new(Mutex::new(Some(release_rx)));
+    let slow = Router::new().route(
+        "/slow",
+        get(move || {
+            let started_tx = started_tx.clone();
+            let release_rx = release_rx.clone();
+            async move {
+                started_tx.send(()).await.unwrap();
+                let rx = release_rx.lock().await.take().unwrap();
+                rx.await.unwrap();
+                "finished"
+            }
+        }),
+    );
+    let app_router = chiron_server::router(app.state.clone()).merge(slow);
+
+    let listener = chiron_server::serve::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(chiron_server::serve::serve(
+        listener,
+        app_router,
+        async move {
+            let _ = stop_rx.await;
+        },
+        Duration::from_secs(30),
+    ));
+
+    let client = reqwest::Client::new();
+    let in_flight = tokio::spawn(client.get(format!("http://{addr}/slow")).send());
+    started_rx.recv().await.unwrap();
+
+    stop_tx.send(()).unwrap();
+    // Shutdown has begun but must wait for the request in flight.
+    assert!(!server.is_finished());
+    release_tx.send(()).unwrap();
+
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "finished");
+    server.await.unwrap().unwrap();
+}
