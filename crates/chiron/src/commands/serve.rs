@@ -21,27 +21,21 @@ pub async fn run(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
         None
     };
 
+    let shutdown = serve::shutdown_signal().context("installing signal handlers")?;
     let listener = serve::bind(config.server.listen)
         .await
         .with_context(|| format!("binding {}", config.server.listen))?;
     let local = listener.local_addr()?;
-    tracing::info!(listen = %local, public_url = %config.server.public_url, backend = store.backend().as_str(), "listening");
-
     if demo {
         print_handover(&config, admin_token.as_ref().map(|t| t.secret.expose()));
     }
+    tracing::info!(listen = %local, public_url = %config.server.public_url, backend = store.backend().as_str(), "listening");
 
     let background = CancellationToken::new();
     let flusher = auth.spawn_usage_flusher(Duration::from_secs(5), background.clone());
     let grace = config.server.shutdown_grace;
     let state = AppState::new(config, store.clone(), auth);
-    serve::serve(
-        listener,
-        chiron_server::router(state),
-        serve::shutdown_signal(),
-        grace,
-    )
-    .await?;
+    serve::serve(listener, chiron_server::router(state), shutdown, grace).await?;
 
     background.cancel();
     let _ = flusher.await;
@@ -62,4 +56,8 @@ fn print_handover(config: &Config, admin_token: Option<&str>) {
         println!("  {token}");
     }
     println!();
+    println!(
+        "Stop with Ctrl-C. Data lives in {}",
+        config.server.data_dir.display()
+    );
 }

@@ -1,1 +1,6 @@
+//! The `chiron` binary as a user runs it: real processes, real sockets, real storage.
 
+mod cli;
+mod leak;
+mod serve;
+mod support;

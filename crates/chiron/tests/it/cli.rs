@@ -1,0 +1,130 @@
+use std::time::Duration;
+
+use chiron_auth::{AuthService, AuthSettings, VerifyError};
+use chiron_core::Scope;
+use chiron_store::{ConnectOptions, Store};
+
+use crate::support::Chiron;
+
+async fn auth_for(chiron: &Chiron) -> AuthService {
+    let store = Store::open(&ConnectOptions {
+        url: format!("sqlite:{}", chiron.data_dir().join("chiron.db").display()),
+        max_connections: 2,
+        acquire_timeout: Duration::from_secs(10),
+    })
+    .await
+    .unwrap();
+    let settings = AuthSettings {
+        audience: format!("{}/mcp", chiron.base()),
+        default_ttl: Duration::from_secs(3600),
+        max_ttl: Duration::from_secs(3600),
+        cache_ttl: Duration::ZERO,
+        last_used_interval: Duration::from_secs(60),
+    };
+    AuthService::new(store, settings, None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_prints_the_admin_token_once() {
+    let mut chiron = Chiron::new();
+    let first = chiron.ok(&["init"]);
+    assert!(first.contains("ADMIN TOKEN"), "{first}");
+    let token = first
+        .split_whitespace()
+        .find(|w| w.starts_with("chi_"))
+        .unwrap()
+        .to_owned();
+    let auth = auth_for(&chiron).await;
+    let admin = auth.verify(&token, Scope::Admin).await.unwrap();
+    assert_eq!(admin.principal.display_name, "admin");
+
+    let second = chiron.ok(&["init"]);
+    assert!(!second.contains("chi_"), "{second}");
+    assert!(second.contains("already initialised"), "{second}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn principals_groups_and_tokens_from_the_command_line() {
+    let mut chiron = Chiron::new();
+    chiron.ok(&["migrate"]);
+    let added = chiron.ok(&["principal", "add", "alice"]);
+    assert!(
+        added.contains("alice") && added.contains("active"),
+        "{added}"
+    );
+    let listed = chiron.ok(&["principal", "list"]);
+    assert!(listed.contains("alice"), "{listed}");
+
+    // `token issue` prints exactly the token on stdout; the description goes to stderr.
+    let token = chiron.ok(&[
+        "token",
+        "issue",
+        "--principal",
+        "alice",
+        "--ttl",
+        "7d",
+        "--name",
+        "laptop",
+    ]);
+    let token = token.trim().to_owned();
+    assert!(token.starts_with("chi_") && token.len() == 53, "{token}");
+    let auth = auth_for(&chiron).await;
+    let verified = auth.verify(&token, Scope::McpTools).await.unwrap();
+    assert_eq!(verified.principal.display_name, "alice");
+    assert_eq!(verified.token.name, "laptop");
+    assert_eq!(
+        verified.token.expires_at - verified.token.created_at,
+        time::Duration::days(7)
+    );
+    assert!(matches!(
+        auth.verify(&token, Scope::Admin).await,
+        Err(VerifyError::InsufficientScope(_))
+    ));
+
+    let list = chiron.ok(&["token", "list", "--principal", "alice"]);
+    assert!(
+        list.contains(&token[..12]) && !list.contains(&token),
+        "{list}"
+    );
+    let token_id = verified.token.id.to_string();
+    assert!(list.contains(&token_id), "{list}");
+
+    chiron.ok(&["token", "revoke", &token_id, "--reason", "rotated"]);
+    assert!(auth.verify(&token, Scope::McpTools).await.is_err());
+    let list = chiron.ok(&["token", "list", "--principal", "alice", "--all"]);
+    assert!(list.contains("(revoked)"), "{list}");
+
+    let admin_token = chiron.ok(&[
+        "token",
+        "issue",
+        "--principal",
+        "alice",
+        "--scope",
+        "admin",
+        "--scope",
+        "mcp:tools",
+    ]);
+    auth.verify(admin_token.trim(), Scope::Admin).await.unwrap();
+    let revoked = chiron.ok(&["token", "revoke", "--all", "--principal", "alice"]);
+    assert!(revoked.contains("revoked 1 token"), "{revoked}");
+    assert!(auth.verify(admin_token.trim(), Scope::Admin).await.is_err());
+
+    let bad_scope = chiron.run(&["token", "issue", "--principal", "alice", "--scope", "root"]);
+    assert!(!bad_scope.status.success());
+    let nobody = chiron.run(&["token", "issue", "--principal", "nobody"]);
+    assert!(String::from_utf8_lossy(&nobody.stderr).contains("no principal"));
+
+    chiron.ok(&["group", "create", "eng"]);
+    chiron.ok(&["group", "add", "eng", "alice"]);
+    assert!(chiron.ok(&["group", "members", "eng"]).contains("alice"));
+    chiron.ok(&["group", "remove", "eng", "alice"]);
+    assert!(!chiron.ok(&["group", "members", "eng"]).contains("alice"));
+    chiron.ok(&["group", "delete", "eng"]);
+    assert!(!chiron.ok(&["group", "list"]).contains("eng"));
+
+    let fresh = chiron.ok(&["token", "issue", "--principal", "alice"]);
+    chiron.ok(&["principal", "disable", "alice"]);
+    assert!(auth.verify(fresh.trim(), Scope::McpTools).await.is_err());
+    chiron.ok(&["principal", "enable", "alice"]);
+    auth.verify(fresh.trim(), Scope::McpTools).await.unwrap();
+}

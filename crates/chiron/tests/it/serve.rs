@@ -1,0 +1,108 @@
+use crate::support::Chiron;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_health_and_exits_zero_on_sigterm() {
+    let chiron = Chiron::new();
+    let server = chiron.serve(&["serve", "--demo"]);
+    assert!(
+        server.handover.contains(&chiron.base()),
+        "{}",
+        server.handover
+    );
+    assert!(
+        server.handover.contains("ADMIN TOKEN"),
+        "{}",
+        server.handover
+    );
+    assert!(chiron.data_dir().join("chiron.db").exists());
+
+    let client = reqwest::Client::new();
+    for path in ["/healthz", "/readyz"] {
+        let response = client
+            .get(format!("{}{path}", chiron.base()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert!(response.headers().contains_key("x-request-id"));
+    }
+    let (code, logs) = server.terminate();
+    assert_eq!(code, Some(0), "{logs}");
+    assert!(logs.contains("draining"), "{logs}");
+
+    // Second start: the admin token is not printed again.
+    let server = chiron.serve(&["serve", "--demo"]);
+    assert!(
+        !server.handover.contains("ADMIN TOKEN"),
+        "{}",
+        server.handover
+    );
+    let (code, _) = server.terminate();
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn a_bad_config_value_names_the_key_and_writes_nothing() {
+    let mut chiron = Chiron::bare();
+    std::fs::write(
+        chiron.dir.path().join("chiron.toml"),
+        "[server]\nlisten = \"nope\"\n",
+    )
+    .unwrap();
+    for args in [
+        &["serve", "--demo"][..],
+        &["init"],
+        &["migrate"],
+        &["doctor"],
+    ] {
+        let output = chiron.run(args);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("server.listen"), "{args:?}: {stderr}");
+        assert!(
+            !chiron.data_dir().exists(),
+            "{args:?} wrote the data directory"
+        );
+    }
+
+    let mut chiron = Chiron::new();
+    chiron.set_env("CHIRON_AUTH__DEFAULT_TOKEN_TTL", "soon");
+    let output = chiron.run(&["serve", "--demo"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr)
+        .to_lowercase()
+        .contains("auth.default_token_ttl"));
+    assert!(!chiron.data_dir().exists());
+}
+
+#[test]
+fn doctor_reports_config_and_host() {
+    let mut chiron = Chiron::new();
+    chiron.set_env(
+        "CHIRON_DATABASE_URL",
+        "postgres://app:hunter2@127.0.0.1:1/none",
+    );
+    let output = chiron.run(&["doctor"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+    assert!(
+        stdout.contains("public_url = \"http://127.0.0.1:"),
+        "{stdout}"
+    );
+    for check in [
+        "storage",
+        "user namespaces",
+        "landlock",
+        "cgroup version",
+        "cgroup limits",
+    ] {
+        assert!(stdout.contains(check), "{check}: {stdout}");
+    }
+    // The unreachable database fails the doctor.
+    assert!(!output.status.success());
+
+    let mut chiron = Chiron::new();
+    chiron.ok(&["init"]);
+    let stdout = chiron.ok(&["doctor"]);
+    assert!(stdout.contains("reachable"), "{stdout}");
+}

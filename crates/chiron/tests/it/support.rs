@@ -1,0 +1,184 @@
+//! Running the built `chiron` binary in a temporary working directory.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+
+pub struct Chiron {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    env: Vec<(String, String)>,
+    /// Everything the commands run so far wrote to stderr (their logs).
+    pub logs: String,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Chiron {
+    /// A fresh working directory with no configuration at all.
+    pub fn bare() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            port: 8787,
+            env: Vec::new(),
+            logs: String::new(),
+        }
+    }
+
+    /// A fresh working directory whose server listens on a free port.
+    pub fn new() -> Self {
+        let port = free_port();
+        let mut chiron = Self {
+            port,
+            ..Self::bare()
+        };
+        chiron.set_env("CHIRON_SERVER__LISTEN", &format!("127.0.0.1:{port}"));
+        chiron.set_env(
+            "CHIRON_SERVER__PUBLIC_URL",
+            &format!("http://127.0.0.1:{port}"),
+        );
+        chiron
+    }
+
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("chiron-data")
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_chiron"));
+        command
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        command
+    }
+
+    /// Runs a command to completion, keeping its stderr in `logs`.
+    pub fn run(&mut self, args: &[&str]) -> Output {
+        let output = self.command(args).output().unwrap();
+        self.logs.push_str(&String::from_utf8_lossy(&output.stderr));
+        output
+    }
+
+    /// Runs a command that must succeed and returns its stdout.
+    pub fn ok(&mut self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "chiron {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// Starts `chiron serve` and waits until it reports that it listens (the `listening` log
+    /// line, written once the socket is bound). For `--demo` the hand-over printed on stdout
+    /// before that line is returned too.
+    pub fn serve(&self, args: &[&str]) -> Server {
+        let mut child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = mpsc::channel::<()>();
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        // Tees stderr into `logs` and reports the first `listening` line.
+        let log_reader = std::thread::spawn(move || {
+            let mut ready_tx = Some(ready_tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut logs = sink.lock().unwrap();
+                logs.push_str(&line);
+                logs.push('\n');
+                drop(logs);
+                if line.contains("listening") {
+                    if let Some(tx) = ready_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        });
+        if ready_rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .is_err()
+        {
+            let _ = child.kill();
+            panic!("serve never became ready: {}", logs.lock().unwrap());
+        }
+        // The demo hand-over is printed after binding and before the `listening` line: read
+        // it up to its closing line.
+        let mut handover = String::new();
+        if args.contains(&"--demo") {
+            let mut reader = BufReader::new(child.stdout.take().unwrap());
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap() == 0 {
+                    break;
+                }
+                handover.push_str(&line);
+                if line.starts_with(HANDOVER_END) {
+                    break;
+                }
+            }
+        }
+        Server {
+            child,
+            handover,
+            logs,
+            log_reader: Some(log_reader),
+        }
+    }
+}
+
+/// The demo hand-over's last line starts with this.
+pub const HANDOVER_END: &str = "Stop with Ctrl-C";
+
+pub struct Server {
+    pub child: Child,
+    pub handover: String,
+    logs: Arc<Mutex<String>>,
+    log_reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Sends SIGTERM and waits; returns the exit code and the server's log output.
+    pub fn terminate(mut self) -> (Option<i32>, String) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        if let Some(reader) = self.log_reader.take() {
+            reader.join().unwrap();
+        }
+        let logs = self.logs.lock().unwrap().clone();
+        (status.code(), logs)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
