@@ -550,9 +550,9 @@ impl AuthService {
 /// `30d`-style text for a duration, for error messages.
 pub fn humanize(duration: Duration) -> String {
     let secs = duration.as_secs();
-    if secs % 86_400 == 0 {
+    if secs.is_multiple_of(86_400) {
         format!("{}d", secs / 86_400)
-    } else if secs % 3600 == 0 {
+    } else if secs.is_multiple_of(3600) {
         format!("{}h", secs / 3600)
     } else {
         format!("{secs}s")

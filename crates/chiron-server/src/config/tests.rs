@@ -1,3 +1,6 @@
+// figment's Jail closures must return figment::Error, which is large by design.
+#![allow(clippy::result_large_err)]
+
 use super::*;
 
 use figment::Jail;
