@@ -21,6 +21,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// Token issuance and verification.
     pub auth: AuthConfig,
+    /// The MCP endpoint.
+    pub mcp: McpConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -121,6 +123,52 @@ impl Default for AuthConfig {
     }
 }
 
+/// `[mcp]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpConfig {
+    /// `Host` values accepted besides the host of `server.public_url` (and its loopback
+    /// aliases when that host is loopback), e.g. `["chiron.internal:8787"]`.
+    pub allowed_hosts: Vec<String>,
+    /// Browser `Origin` values accepted besides the origin of `server.public_url`.
+    pub allowed_origins: Vec<String>,
+    /// Authorization servers advertised in protected-resource metadata; empty means
+    /// `server.public_url`.
+    pub authorization_servers: Vec<Url>,
+    /// Human-readable name in protected-resource metadata.
+    pub resource_name: String,
+    /// A session unused for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// Open sessions allowed per principal.
+    pub max_sessions_per_principal: usize,
+    /// Open sessions allowed in total on this process.
+    pub max_sessions_total: usize,
+    /// Largest request body accepted, in bytes (413 above it).
+    pub max_body_bytes: usize,
+    /// `tools/call` requests allowed per principal per minute (429 above it).
+    pub calls_per_minute: u32,
+    /// How many `tools/call` requests may arrive at once before the per-minute rate applies.
+    pub call_burst: u32,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        Self {
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            authorization_servers: Vec::new(),
+            resource_name: "chiron MCP gateway".into(),
+            session_ttl: Duration::from_secs(30 * 60),
+            max_sessions_per_principal: 32,
+            max_sessions_total: 4096,
+            max_body_bytes: 4 * 1024 * 1024,
+            calls_per_minute: 600,
+            call_burst: 100,
+        }
+    }
+}
+
 /// `[log]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -195,6 +243,18 @@ impl Config {
                 "auth.default_token_ttl",
                 "must not exceed auth.max_token_ttl",
             );
+        }
+        if self.mcp.session_ttl.is_zero() {
+            return bad("mcp.session_ttl", "must be positive");
+        }
+        if self.mcp.max_sessions_per_principal == 0 || self.mcp.max_sessions_total == 0 {
+            return bad(
+                "mcp.max_sessions_per_principal",
+                "session limits must be at least 1",
+            );
+        }
+        if self.mcp.calls_per_minute == 0 || self.mcp.call_burst == 0 {
+            return bad("mcp.calls_per_minute", "rate limits must be at least 1");
         }
         if self.auth.cache_ttl > Duration::from_secs(10) {
             return bad(

@@ -18,6 +18,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::handler))
         .nest("/admin/api", admin::routes())
+        .merge(state.mcp.router().with_state::<AppState>(()))
         // Runs inside routing, so the matched route template is known.
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -143,3 +143,26 @@ pub async fn bootstrap_admin(
         .await?;
     Ok(Some(issued))
 }
+
+/// Issues a fresh `mcp:tools` token for the `demo` principal, revoking the previous demo
+/// tokens so only the one just printed works.
+pub async fn demo_token(auth: &AuthService) -> Result<IssuedToken, SetupError> {
+    let (demo, _) = local_principal(auth.store(), "demo").await?;
+    auth.revoke_all(
+        demo.id,
+        "replaced by a new demo start",
+        Actor::system("demo"),
+    )
+    .await?;
+    let issued = auth
+        .issue(IssueRequest {
+            principal_id: demo.id,
+            name: "demo".into(),
+            scopes: Scopes::new([Scope::McpTools]),
+            ttl: None,
+            created_via: CreatedVia::Demo,
+            actor: Actor::system("demo"),
+        })
+        .await?;
+    Ok(issued)
+}

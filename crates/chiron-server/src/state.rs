@@ -4,12 +4,14 @@ use std::sync::Arc;
 
 use chiron_auth::AuthService;
 use chiron_core::Config;
+use chiron_mcp::{EmptyCatalog, McpEndpoint, ToolCatalog};
 use chiron_store::Store;
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
 /// Shared state of the HTTP app.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AppState {
     /// The configuration the server started with.
     pub config: Arc<Config>,
@@ -19,16 +21,43 @@ pub struct AppState {
     pub auth: AuthService,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// The MCP endpoint (routes, sessions).
+    pub mcp: McpEndpoint,
+    /// Cancelled when the server shuts down: ends MCP sessions and their streams so draining
+    /// does not wait on long-lived SSE connections.
+    pub shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("backend", &self.store.backend())
+            .finish_non_exhaustive()
+    }
 }
 
 impl AppState {
-    /// Builds the state from its parts.
+    /// Builds the state with no tool catalog beyond the built-in tools.
     pub fn new(config: Config, store: Store, auth: AuthService) -> Self {
+        Self::with_catalog(config, store, auth, Arc::new(EmptyCatalog))
+    }
+
+    /// Builds the state with a tool catalog.
+    pub fn with_catalog(
+        config: Config,
+        store: Store,
+        auth: AuthService,
+        catalog: Arc<dyn ToolCatalog>,
+    ) -> Self {
+        let shutdown = CancellationToken::new();
+        let mcp = McpEndpoint::new(&config, auth.clone(), catalog, shutdown.clone());
         Self {
             config: Arc::new(config),
             store,
             auth,
             metrics: Arc::new(Metrics::new()),
+            mcp,
+            shutdown,
         }
     }
 }

@@ -13,47 +13,94 @@ pub async fn run(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
         .await
         .context("opening storage")?;
     let auth = setup::auth_service(&config, store.clone())?;
-    let admin_token = if demo {
-        setup::bootstrap_admin(&auth, CreatedVia::Demo)
+    let mut handover = None;
+    if demo {
+        let admin = setup::bootstrap_admin(&auth, CreatedVia::Demo)
             .await
-            .context("creating the admin")?
-    } else {
-        None
-    };
+            .context("creating the admin")?;
+        let demo_token = setup::demo_token(&auth)
+            .await
+            .context("issuing the demo token")?;
+        handover = Some((admin, demo_token));
+    }
 
     let shutdown = serve::shutdown_signal().context("installing signal handlers")?;
     let listener = serve::bind(config.server.listen)
         .await
         .with_context(|| format!("binding {}", config.server.listen))?;
     let local = listener.local_addr()?;
-    if demo {
-        print_handover(&config, admin_token.as_ref().map(|t| t.secret.expose()));
+    if let Some((admin, demo_token)) = &handover {
+        print_handover(
+            &config,
+            demo_token.secret.expose(),
+            admin.as_ref().map(|t| t.secret.expose()),
+        );
     }
-    tracing::info!(listen = %local, public_url = %config.server.public_url, backend = store.backend().as_str(), "listening");
+    tracing::info!(
+        listen = %local,
+        public_url = %config.server.public_url,
+        backend = store.backend().as_str(),
+        "listening"
+    );
 
     let background = CancellationToken::new();
     let flusher = auth.spawn_usage_flusher(Duration::from_secs(5), background.clone());
     let grace = config.server.shutdown_grace;
     let state = AppState::new(config, store.clone(), auth);
-    serve::serve(listener, chiron_server::router(state), shutdown, grace).await?;
+    let reaper = state.mcp.spawn_reaper(background.clone());
+    let stop_sessions = state.shutdown.clone();
+    let on_signal = async move {
+        shutdown.await;
+        // End MCP sessions and their SSE streams so draining only waits for real requests.
+        stop_sessions.cancel();
+    };
+    serve::serve(listener, chiron_server::router(state), on_signal, grace).await?;
 
     background.cancel();
     let _ = flusher.await;
+    let _ = reaper.await;
     store.close().await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
 
-/// The demo hand-over on stdout; logs go to stderr.
-fn print_handover(config: &Config, admin_token: Option<&str>) {
-    let base = config.server.public_base();
-    println!("chiron is running at {base}");
-    println!("  health:    {base}/healthz");
-    println!("  admin API: {base}/admin/api/");
-    if let Some(token) = admin_token {
+/// The demo hand-over on stdout (logs go to stderr): what a client needs to connect.
+fn print_handover(config: &Config, token: &str, admin_token: Option<&str>) {
+    let url = config.server.mcp_url();
+    let vscode = serde_json::json!({
+        "servers": { "chiron": { "type": "http", "url": url, "headers": { "Authorization": format!("Bearer {token}") } } }
+    });
+    let cursor = serde_json::json!({
+        "mcpServers": { "chiron": { "url": url, "headers": { "Authorization": format!("Bearer {token}") } } }
+    });
+    let pretty =
+        |value: &serde_json::Value| serde_json::to_string_pretty(value).unwrap_or_default();
+    println!("chiron is running.");
+    println!();
+    println!("MCP URL: {url}");
+    println!("Token:   {token}");
+    println!(
+        "         (principal \"demo\", scope mcp:tools; a new one replaces it on every demo start)"
+    );
+    println!();
+    println!("Claude Code:");
+    println!(
+        "  claude mcp add --transport http chiron {url} --header \"Authorization: Bearer {token}\""
+    );
+    println!();
+    println!("VS Code (.vscode/mcp.json):");
+    println!("{}", pretty(&vscode));
+    println!();
+    println!("Cursor (~/.cursor/mcp.json):");
+    println!("{}", pretty(&cursor));
+    if let Some(admin) = admin_token {
         println!();
         println!("ADMIN TOKEN (shown once, on this first start; keep it secret):");
-        println!("  {token}");
+        println!("  {admin}");
+        println!(
+            "  Use it as a bearer token on {}/admin/api/",
+            config.server.public_base()
+        );
     }
     println!();
     println!(
