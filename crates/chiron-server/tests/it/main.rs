@@ -4,5 +4,6 @@
 mod admin;
 mod drain;
 mod health;
+mod mcp;
 mod readyz;
 mod support;

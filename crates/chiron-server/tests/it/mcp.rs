@@ -1,0 +1,288 @@
+//! `/mcp` over raw HTTP: authentication answers, Host/Origin checks, principal-bound sessions,
+//! caps and idle expiry, body and rate limits, protected-resource metadata.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use chiron_auth::AuthService;
+use chiron_core::{Config, Scope};
+use chiron_store::testing::store;
+use chiron_store::{Backend, Store};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{Reply, TestApp};
+
+const HOST: &str = "127.0.0.1:8787";
+const CHALLENGE: &str = r#"Bearer resource_metadata="http://127.0.0.1:8787/.well-known/oauth-protected-resource/mcp", scope="mcp:tools""#;
+
+fn initialize() -> Value {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}})
+}
+
+fn stateless_whoami() -> Value {
+    json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "whoami", "arguments": {},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                  "io.modelcontextprotocol/clientCapabilities": {}}}})
+}
+
+struct Post<'a> {
+    token: Option<&'a str>,
+    body: Value,
+    session: Option<&'a str>,
+    headers: Vec<(&'a str, String)>,
+}
+
+impl<'a> Post<'a> {
+    fn new(token: Option<&'a str>, body: Value) -> Self {
+        Self { token, body, session: None, headers: vec![("host", HOST.to_owned())] }
+    }
+
+    fn session(mut self, id: &'a str) -> Self {
+        self.session = Some(id);
+        self
+    }
+
+    fn header(mut self, name: &'a str, value: &str) -> Self {
+        self.headers.retain(|(n, _)| *n != name);
+        self.headers.push((name, value.to_owned()));
+        self
+    }
+
+    fn stateless(self) -> Self {
+        self.header("mcp-protocol-version", "2026-07-28").header("mcp-method", "tools/call").header("mcp-name", "whoami")
+    }
+
+    async fn send(self, app: &TestApp) -> Reply {
+        let mut builder = Request::post("/mcp")
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream");
+        for (name, value) in &self.headers {
+            builder = builder.header(*name, value);
+        }
+        if let Some(token) = self.token {
+            builder = builder.header("authorization", format!("Bearer {token}"));
+        }
+        if let Some(session) = self.session {
+            builder = builder.header("mcp-session-id", session).header("mcp-protocol-version", "2025-06-18");
+        }
+        app.send(builder.body(Body::from(self.body.to_string())).unwrap()).await
+    }
+}
+
+async fn app_with(config: Config) -> (TestApp, String, String, chiron_store::testing::TestDb) {
+    let (db_store, db) = store(Backend::Sqlite).await;
+    let app = TestApp::with_config(db_store, config);
+    let alice = app.state.store.create_principal("alice").await.unwrap();
+    let bob = app.state.store.create_principal("bob").await.unwrap();
+    let alice_token = app.token(alice.id, &[Scope::McpTools]).await;
+    let bob_token = app.token(bob.id, &[Scope::McpTools]).await;
+    (app, alice_token, bob_token, db)
+}
+
+fn session_id(reply: &Reply) -> String {
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    reply.headers["mcp-session-id"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn authentication_answers_follow_the_spec() {
+    let (app, alice, _, _db) = app_with(Config::default()).await;
+
+    let missing = Post::new(None, initialize()).send(&app).await;
+    assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(missing.headers["www-authenticate"], CHALLENGE);
+
+    let bad = Post::new(Some("chi_bogus"), initialize()).send(&app).await;
+    assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(bad.headers["www-authenticate"], format!(r#"{CHALLENGE}, error="invalid_token""#));
+
+    let admin = app.state.store.create_principal("root").await.unwrap();
+    let admin_only = app.token(admin.id, &[Scope::Admin]).await;
+    let forbidden = Post::new(Some(&admin_only), initialize()).send(&app).await;
+    assert_eq!(forbidden.status, StatusCode::FORBIDDEN);
+    assert_eq!(forbidden.headers["www-authenticate"], format!(r#"{CHALLENGE}, error="insufficient_scope""#));
+
+    // A token issued for another resource is refused like an invalid one.
+    let mut settings = app.state.auth.settings().clone();
+    settings.audience = "https://elsewhere.example/mcp".into();
+    let elsewhere = AuthService::new(app.state.store.clone(), settings, None);
+    let foreign = elsewhere
+        .issue(chiron_auth::IssueRequest {
+            principal_id: admin.id,
+            name: "x".into(),
+            scopes: chiron_core::Scopes::new([Scope::McpTools]),
+            ttl: None,
+            created_via: chiron_core::CreatedVia::Cli,
+            actor: chiron_core::Actor::cli(),
+        })
+        .await
+        .unwrap();
+    let wrong_audience = Post::new(Some(foreign.secret.expose()), initialize()).send(&app).await;
+    assert_eq!(wrong_audience.status, StatusCode::UNAUTHORIZED);
+    assert!(wrong_audience.headers["www-authenticate"].to_str().unwrap().contains("invalid_token"));
+
+    // A token in the query string is never accepted.
+    let request = Request::post(format!("/mcp?access_token={alice}"))
+        .header("host", HOST)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(Body::from(initialize().to_string()))
+        .unwrap();
+    assert_eq!(app.send(request).await.status, StatusCode::UNAUTHORIZED);
+
+    let ok = Post::new(Some(&alice), initialize()).send(&app).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
+    assert!(ok.text.contains(r#""serverInfo":{"name":"chiron""#), "{}", ok.text);
+}
+
+#[tokio::test]
+async fn host_and_origin_are_validated() {
+    let (app, alice, _, _db) = app_with(Config::default()).await;
+    let bad_host = Post::new(Some(&alice), initialize()).header("host", "evil.example:8787").send(&app).await;
+    assert_eq!(bad_host.status, StatusCode::FORBIDDEN);
+    let bad_origin = Post::new(Some(&alice), initialize()).header("origin", "https://evil.example").send(&app).await;
+    assert_eq!(bad_origin.status, StatusCode::FORBIDDEN);
+    // Even without a token, a rebinding attempt is refused before authentication.
+    let unauthenticated = Post::new(None, initialize()).header("host", "evil.example").send(&app).await;
+    assert_eq!(unauthenticated.status, StatusCode::FORBIDDEN);
+
+    let own_origin = Post::new(Some(&alice), initialize()).header("origin", "http://127.0.0.1:8787").send(&app).await;
+    assert_eq!(own_origin.status, StatusCode::OK, "{}", own_origin.text);
+    let alias = Post::new(Some(&alice), initialize()).header("host", "localhost:8787").send(&app).await;
+    assert_eq!(alias.status, StatusCode::OK, "{}", alias.text);
+}
+
+#[tokio::test]
+async fn sessions_belong_to_the_principal_that_opened_them() {
+    let (app, alice, bob, _db) = app_with(Config::default()).await;
+    let opened = Post::new(Some(&alice), initialize()).send(&app).await;
+    let session = session_id(&opened);
+    let list = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"});
+
+    let as_bob = Post::new(Some(&bob), list.clone()).session(&session).send(&app).await;
+    assert_eq!(as_bob.status, StatusCode::NOT_FOUND);
+    let unknown = Post::new(Some(&bob), list.clone()).session("no-such-session").send(&app).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(as_bob.text, unknown.text, "a foreign session must look like a missing one");
+
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let accepted = Post::new(Some(&alice), initialized).session(&session).send(&app).await;
+    assert!(accepted.status.is_success(), "{}", accepted.text);
+    let as_alice = Post::new(Some(&alice), list).session(&session).send(&app).await;
+    assert_eq!(as_alice.status, StatusCode::OK, "{}", as_alice.text);
+    assert!(as_alice.text.contains("whoami"), "{}", as_alice.text);
+
+    // The session is not authentication: without a token it is refused.
+    let anonymous = Post::new(None, json!({"jsonrpc": "2.0", "id": 4, "method": "ping"})).session(&session).send(&app).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+
+    let delete = Request::delete("/mcp")
+        .header("host", HOST)
+        .header("authorization", format!("Bearer {alice}"))
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-06-18")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(app.send(delete).await.status, StatusCode::OK);
+    assert!(app.state.mcp.sessions().is_empty());
+}
+
+#[tokio::test]
+async fn session_caps_hold_and_idle_sessions_expire() {
+    let mut config = Config::default();
+    config.mcp.max_sessions_per_principal = 2;
+    config.mcp.max_sessions_total = 3;
+    config.mcp.session_ttl = Duration::from_millis(300);
+    let (app, alice, bob, _db) = app_with(config).await;
+
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        sessions.push(session_id(&Post::new(Some(&alice), initialize()).send(&app).await));
+    }
+    let refused = Post::new(Some(&alice), initialize()).send(&app).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.text.contains("too many open MCP sessions"), "{}", refused.text);
+    sessions.push(session_id(&Post::new(Some(&bob), initialize()).send(&app).await));
+    let total = Post::new(Some(&bob), initialize()).send(&app).await;
+    assert_eq!(total.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(app.state.mcp.sessions().len(), 3, "never more than the cap");
+
+    // Idle sessions are closed after the TTL by the reaper.
+    let stop = CancellationToken::new();
+    let reaper = app.state.mcp.spawn_reaper(stop.clone());
+    // Polling must not touch the sessions (that would keep them alive): watch the registry.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !app.state.mcp.sessions().is_empty() {
+        assert!(Instant::now() < deadline, "sessions never expired");
+        tokio::task::yield_now().await;
+    }
+    let ping = json!({"jsonrpc": "2.0", "id": 9, "method": "ping"});
+    for session in &sessions[..2] {
+        let reply = Post::new(Some(&alice), ping.clone()).session(session).send(&app).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text);
+    }
+    // Room again after expiry.
+    session_id(&Post::new(Some(&alice), initialize()).send(&app).await);
+    stop.cancel();
+    reaper.await.unwrap();
+}
+
+#[tokio::test]
+async fn body_size_and_call_rate_are_limited() {
+    let mut config = Config::default();
+    config.mcp.max_body_bytes = 2048;
+    config.mcp.calls_per_minute = 1;
+    config.mcp.call_burst = 1;
+    let (app, alice, bob, _db) = app_with(config).await;
+
+    let mut huge = initialize();
+    huge["params"]["padding"] = json!("x".repeat(4096));
+    let too_big = Post::new(Some(&alice), huge).send(&app).await;
+    assert_eq!(too_big.status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    let first = Post::new(Some(&alice), stateless_whoami()).stateless().send(&app).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    assert!(first.text.contains("alice"), "{}", first.text);
+    let second = Post::new(Some(&alice), stateless_whoami()).stateless().send(&app).await;
+    assert_eq!(second.status, StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = second.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry_after >= 1);
+    // The limit is per principal.
+    let other = Post::new(Some(&bob), stateless_whoami()).stateless().send(&app).await;
+    assert_eq!(other.status, StatusCode::OK, "{}", other.text);
+    assert!(other.text.contains("bob"));
+}
+
+#[tokio::test]
+async fn unsupported_protocol_version_is_refused() {
+    let (app, alice, _, _db) = app_with(Config::default()).await;
+    let reply = Post::new(Some(&alice), stateless_whoami())
+        .stateless()
+        .header("mcp-protocol-version", "1999-01-01")
+        .send(&app)
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text);
+}
+
+#[tokio::test]
+async fn protected_resource_metadata() {
+    let (db_store, _db): (Store, _) = store(Backend::Sqlite).await;
+    let app = TestApp::new(db_store);
+    for path in ["/.well-known/oauth-protected-resource/mcp", "/.well-known/oauth-protected-resource"] {
+        let reply = app.get(path, None).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(
+            reply.json(),
+            json!({
+                "resource": "http://127.0.0.1:8787/mcp",
+                "authorization_servers": ["http://127.0.0.1:8787"],
+                "bearer_methods_supported": ["header"],
+                "scopes_supported": ["mcp:tools"],
+                "resource_name": "chiron MCP gateway",
+            })
+        );
+    }
+}
