@@ -37,7 +37,12 @@ struct Post<'a> {
 
 impl<'a> Post<'a> {
     fn new(token: Option<&'a str>, body: Value) -> Self {
-        Self { token, body, session: None, headers: vec![("host", HOST.to_owned())] }
+        Self {
+            token,
+            body,
+            session: None,
+            headers: vec![("host", HOST.to_owned())],
+        }
     }
 
     fn session(mut self, id: &'a str) -> Self {
@@ -52,7 +57,9 @@ impl<'a> Post<'a> {
     }
 
     fn stateless(self) -> Self {
-        self.header("mcp-protocol-version", "2026-07-28").header("mcp-method", "tools/call").header("mcp-name", "whoami")
+        self.header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "whoami")
     }
 
     async fn send(self, app: &TestApp) -> Reply {
@@ -66,9 +73,12 @@ impl<'a> Post<'a> {
             builder = builder.header("authorization", format!("Bearer {token}"));
         }
         if let Some(session) = self.session {
-            builder = builder.header("mcp-session-id", session).header("mcp-protocol-version", "2025-06-18");
+            builder = builder
+                .header("mcp-session-id", session)
+                .header("mcp-protocol-version", "2025-06-18");
         }
-        app.send(builder.body(Body::from(self.body.to_string())).unwrap()).await
+        app.send(builder.body(Body::from(self.body.to_string())).unwrap())
+            .await
     }
 }
 
@@ -97,13 +107,19 @@ async fn authentication_answers_follow_the_spec() {
 
     let bad = Post::new(Some("chi_bogus"), initialize()).send(&app).await;
     assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(bad.headers["www-authenticate"], format!(r#"{CHALLENGE}, error="invalid_token""#));
+    assert_eq!(
+        bad.headers["www-authenticate"],
+        format!(r#"{CHALLENGE}, error="invalid_token""#)
+    );
 
     let admin = app.state.store.create_principal("root").await.unwrap();
     let admin_only = app.token(admin.id, &[Scope::Admin]).await;
     let forbidden = Post::new(Some(&admin_only), initialize()).send(&app).await;
     assert_eq!(forbidden.status, StatusCode::FORBIDDEN);
-    assert_eq!(forbidden.headers["www-authenticate"], format!(r#"{CHALLENGE}, error="insufficient_scope""#));
+    assert_eq!(
+        forbidden.headers["www-authenticate"],
+        format!(r#"{CHALLENGE}, error="insufficient_scope""#)
+    );
 
     // A token issued for another resource is refused like an invalid one.
     let mut settings = app.state.auth.settings().clone();
@@ -120,9 +136,14 @@ async fn authentication_answers_follow_the_spec() {
         })
         .await
         .unwrap();
-    let wrong_audience = Post::new(Some(foreign.secret.expose()), initialize()).send(&app).await;
+    let wrong_audience = Post::new(Some(foreign.secret.expose()), initialize())
+        .send(&app)
+        .await;
     assert_eq!(wrong_audience.status, StatusCode::UNAUTHORIZED);
-    assert!(wrong_audience.headers["www-authenticate"].to_str().unwrap().contains("invalid_token"));
+    assert!(wrong_audience.headers["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("invalid_token"));
 
     // A token in the query string is never accepted.
     let request = Request::post(format!("/mcp?access_token={alice}"))
@@ -135,23 +156,42 @@ async fn authentication_answers_follow_the_spec() {
 
     let ok = Post::new(Some(&alice), initialize()).send(&app).await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
-    assert!(ok.text.contains(r#""serverInfo":{"name":"chiron""#), "{}", ok.text);
+    assert!(
+        ok.text.contains(r#""serverInfo":{"name":"chiron""#),
+        "{}",
+        ok.text
+    );
 }
 
 #[tokio::test]
 async fn host_and_origin_are_validated() {
     let (app, alice, _, _db) = app_with(Config::default()).await;
-    let bad_host = Post::new(Some(&alice), initialize()).header("host", "evil.example:8787").send(&app).await;
+    let bad_host = Post::new(Some(&alice), initialize())
+        .header("host", "evil.example:8787")
+        .send(&app)
+        .await;
     assert_eq!(bad_host.status, StatusCode::FORBIDDEN);
-    let bad_origin = Post::new(Some(&alice), initialize()).header("origin", "https://evil.example").send(&app).await;
+    let bad_origin = Post::new(Some(&alice), initialize())
+        .header("origin", "https://evil.example")
+        .send(&app)
+        .await;
     assert_eq!(bad_origin.status, StatusCode::FORBIDDEN);
     // Even without a token, a rebinding attempt is refused before authentication.
-    let unauthenticated = Post::new(None, initialize()).header("host", "evil.example").send(&app).await;
+    let unauthenticated = Post::new(None, initialize())
+        .header("host", "evil.example")
+        .send(&app)
+        .await;
     assert_eq!(unauthenticated.status, StatusCode::FORBIDDEN);
 
-    let own_origin = Post::new(Some(&alice), initialize()).header("origin", "http://127.0.0.1:8787").send(&app).await;
+    let own_origin = Post::new(Some(&alice), initialize())
+        .header("origin", "http://127.0.0.1:8787")
+        .send(&app)
+        .await;
     assert_eq!(own_origin.status, StatusCode::OK, "{}", own_origin.text);
-    let alias = Post::new(Some(&alice), initialize()).header("host", "localhost:8787").send(&app).await;
+    let alias = Post::new(Some(&alice), initialize())
+        .header("host", "localhost:8787")
+        .send(&app)
+        .await;
     assert_eq!(alias.status, StatusCode::OK, "{}", alias.text);
 }
 
@@ -162,21 +202,39 @@ async fn sessions_belong_to_the_principal_that_opened_them() {
     let session = session_id(&opened);
     let list = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"});
 
-    let as_bob = Post::new(Some(&bob), list.clone()).session(&session).send(&app).await;
+    let as_bob = Post::new(Some(&bob), list.clone())
+        .session(&session)
+        .send(&app)
+        .await;
     assert_eq!(as_bob.status, StatusCode::NOT_FOUND);
-    let unknown = Post::new(Some(&bob), list.clone()).session("no-such-session").send(&app).await;
+    let unknown = Post::new(Some(&bob), list.clone())
+        .session("no-such-session")
+        .send(&app)
+        .await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
-    assert_eq!(as_bob.text, unknown.text, "a foreign session must look like a missing one");
+    assert_eq!(
+        as_bob.text, unknown.text,
+        "a foreign session must look like a missing one"
+    );
 
     let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
-    let accepted = Post::new(Some(&alice), initialized).session(&session).send(&app).await;
+    let accepted = Post::new(Some(&alice), initialized)
+        .session(&session)
+        .send(&app)
+        .await;
     assert!(accepted.status.is_success(), "{}", accepted.text);
-    let as_alice = Post::new(Some(&alice), list).session(&session).send(&app).await;
+    let as_alice = Post::new(Some(&alice), list)
+        .session(&session)
+        .send(&app)
+        .await;
     assert_eq!(as_alice.status, StatusCode::OK, "{}", as_alice.text);
     assert!(as_alice.text.contains("whoami"), "{}", as_alice.text);
 
     // The session is not authentication: without a token it is refused.
-    let anonymous = Post::new(None, json!({"jsonrpc": "2.0", "id": 4, "method": "ping"})).session(&session).send(&app).await;
+    let anonymous = Post::new(None, json!({"jsonrpc": "2.0", "id": 4, "method": "ping"}))
+        .session(&session)
+        .send(&app)
+        .await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
 
     let delete = Request::delete("/mcp")
@@ -200,12 +258,20 @@ async fn session_caps_hold_and_idle_sessions_expire() {
 
     let mut sessions = Vec::new();
     for _ in 0..2 {
-        sessions.push(session_id(&Post::new(Some(&alice), initialize()).send(&app).await));
+        sessions.push(session_id(
+            &Post::new(Some(&alice), initialize()).send(&app).await,
+        ));
     }
     let refused = Post::new(Some(&alice), initialize()).send(&app).await;
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
-    assert!(refused.text.contains("too many open MCP sessions"), "{}", refused.text);
-    sessions.push(session_id(&Post::new(Some(&bob), initialize()).send(&app).await));
+    assert!(
+        refused.text.contains("too many open MCP sessions"),
+        "{}",
+        refused.text
+    );
+    sessions.push(session_id(
+        &Post::new(Some(&bob), initialize()).send(&app).await,
+    ));
     let total = Post::new(Some(&bob), initialize()).send(&app).await;
     assert_eq!(total.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(app.state.mcp.sessions().len(), 3, "never more than the cap");
@@ -221,7 +287,10 @@ async fn session_caps_hold_and_idle_sessions_expire() {
     }
     let ping = json!({"jsonrpc": "2.0", "id": 9, "method": "ping"});
     for session in &sessions[..2] {
-        let reply = Post::new(Some(&alice), ping.clone()).session(session).send(&app).await;
+        let reply = Post::new(Some(&alice), ping.clone())
+            .session(session)
+            .send(&app)
+            .await;
         assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text);
     }
     // Room again after expiry.
@@ -243,15 +312,28 @@ async fn body_size_and_call_rate_are_limited() {
     let too_big = Post::new(Some(&alice), huge).send(&app).await;
     assert_eq!(too_big.status, StatusCode::PAYLOAD_TOO_LARGE);
 
-    let first = Post::new(Some(&alice), stateless_whoami()).stateless().send(&app).await;
+    let first = Post::new(Some(&alice), stateless_whoami())
+        .stateless()
+        .send(&app)
+        .await;
     assert_eq!(first.status, StatusCode::OK, "{}", first.text);
     assert!(first.text.contains("alice"), "{}", first.text);
-    let second = Post::new(Some(&alice), stateless_whoami()).stateless().send(&app).await;
+    let second = Post::new(Some(&alice), stateless_whoami())
+        .stateless()
+        .send(&app)
+        .await;
     assert_eq!(second.status, StatusCode::TOO_MANY_REQUESTS);
-    let retry_after: u64 = second.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry_after: u64 = second.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(retry_after >= 1);
     // The limit is per principal.
-    let other = Post::new(Some(&bob), stateless_whoami()).stateless().send(&app).await;
+    let other = Post::new(Some(&bob), stateless_whoami())
+        .stateless()
+        .send(&app)
+        .await;
     assert_eq!(other.status, StatusCode::OK, "{}", other.text);
     assert!(other.text.contains("bob"));
 }
@@ -271,7 +353,10 @@ async fn unsupported_protocol_version_is_refused() {
 async fn protected_resource_metadata() {
     let (db_store, _db): (Store, _) = store(Backend::Sqlite).await;
     let app = TestApp::new(db_store);
-    for path in ["/.well-known/oauth-protected-resource/mcp", "/.well-known/oauth-protected-resource"] {
+    for path in [
+        "/.well-known/oauth-protected-resource/mcp",
+        "/.well-known/oauth-protected-resource",
+    ] {
         let reply = app.get(path, None).await;
         assert_eq!(reply.status, StatusCode::OK);
         assert_eq!(

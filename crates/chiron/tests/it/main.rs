@@ -2,5 +2,6 @@
 
 mod cli;
 mod leak;
+mod mcp_sdk;
 mod serve;
 mod support;
