@@ -45,7 +45,8 @@ pub struct AuthSettings {
     pub last_used_interval: Duration,
 }
 
-/// A verified token: the principal it authenticates and the token's metadata.
+/// A verified token: the principal it authenticates and the token's metadata. Verification
+/// hands it out behind an `Arc`, so passing it along a request costs no copies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Authenticated {
     /// The principal behind the token (active at verification time).
@@ -173,7 +174,7 @@ struct Inner {
 
 #[derive(Debug)]
 struct CacheEntry {
-    auth: Authenticated,
+    auth: Arc<Authenticated>,
     cached_at: Instant,
 }
 
@@ -220,13 +221,13 @@ impl AuthService {
         &self,
         presented: &str,
         required: Scope,
-    ) -> Result<Authenticated, VerifyError> {
+    ) -> Result<Arc<Authenticated>, VerifyError> {
         check_format(presented).map_err(|_| VerifyError::Invalid(InvalidReason::Malformed))?;
         let digest = self.inner.hasher.digest(presented);
         let auth = match self.cached(&digest) {
             Some(auth) => auth,
             None => {
-                let auth = self.lookup(&digest).await?;
+                let auth = Arc::new(self.lookup(&digest).await?);
                 self.remember(digest, &auth);
                 auth
             }
@@ -268,7 +269,7 @@ impl AuthService {
         Ok(Authenticated { principal, token })
     }
 
-    fn cached(&self, digest: &[u8; 32]) -> Option<Authenticated> {
+    fn cached(&self, digest: &[u8; 32]) -> Option<Arc<Authenticated>> {
         let ttl = self.inner.settings.cache_ttl;
         let cache = self
             .inner
@@ -281,7 +282,7 @@ impl AuthService {
             .map(|e| e.auth.clone())
     }
 
-    fn remember(&self, digest: [u8; 32], auth: &Authenticated) {
+    fn remember(&self, digest: [u8; 32], auth: &Arc<Authenticated>) {
         let ttl = self.inner.settings.cache_ttl;
         if ttl.is_zero() {
             return;

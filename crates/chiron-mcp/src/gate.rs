@@ -88,22 +88,32 @@ fn with_header(mut response: Response, name: header::HeaderName, value: &str) ->
     response
 }
 
-fn host_allowed(gate: &Gate, headers: &HeaderMap, request: &Request) -> bool {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| request.uri().authority().map(|a| a.to_string()));
-    host.is_some_and(|h| gate.allowed_hosts.contains(&h.to_ascii_lowercase()))
+/// Whether `value` is in `allowed` (which holds lowercase entries), ignoring ASCII case.
+fn listed(allowed: &HashSet<String>, value: &str) -> bool {
+    allowed.contains(value)
+        || (value.bytes().any(|b| b.is_ascii_uppercase())
+            && allowed.contains(&value.to_ascii_lowercase()))
+}
+
+fn host_allowed(gate: &Gate, request: &Request) -> bool {
+    match request.headers().get(header::HOST) {
+        Some(value) => value
+            .to_str()
+            .is_ok_and(|host| listed(&gate.allowed_hosts, host)),
+        // HTTP/2 carries the authority in the URI instead of a Host header.
+        None => request
+            .uri()
+            .authority()
+            .is_some_and(|a| listed(&gate.allowed_hosts, a.as_str())),
+    }
 }
 
 fn origin_allowed(gate: &Gate, headers: &HeaderMap) -> bool {
     match headers.get(header::ORIGIN) {
         None => true,
-        Some(value) => value.to_str().is_ok_and(|origin| {
-            gate.allowed_origins
-                .contains(origin.trim_end_matches('/').to_ascii_lowercase().as_str())
-        }),
+        Some(value) => value
+            .to_str()
+            .is_ok_and(|origin| listed(&gate.allowed_origins, origin.trim_end_matches('/'))),
     }
 }
 
@@ -123,15 +133,15 @@ struct MethodProbe {
 
 /// The middleware. See the module documentation for the order of checks.
 pub async fn gate(State(gate): State<Arc<Gate>>, request: Request, next: Next) -> Response {
-    let headers = request.headers().clone();
-    if !host_allowed(&gate, &headers, &request) {
+    if !host_allowed(&gate, &request) {
         return rpc_error(StatusCode::FORBIDDEN, -32600, "Host header is not allowed");
     }
-    if !origin_allowed(&gate, &headers) {
+    let headers = request.headers();
+    if !origin_allowed(&gate, headers) {
         return rpc_error(StatusCode::FORBIDDEN, -32600, "Origin is not allowed");
     }
 
-    let Some(token) = bearer(&headers) else {
+    let Some(token) = bearer(headers) else {
         let response = rpc_error(
             StatusCode::UNAUTHORIZED,
             -32001,
@@ -192,7 +202,8 @@ pub async fn gate(State(gate): State<Arc<Gate>>, request: Request, next: Next) -
     let (mut parts, body) = request.into_parts();
     let mut reservation = None;
     let body = if method == Method::POST {
-        let declared = headers
+        let declared = parts
+            .headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());

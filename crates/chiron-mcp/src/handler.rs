@@ -36,11 +36,11 @@ impl McpHandler {
 }
 
 /// The verified caller of this request.
-fn caller(context: &RequestContext<RoleServer>) -> Result<Authenticated, McpError> {
+fn caller(context: &RequestContext<RoleServer>) -> Result<Arc<Authenticated>, McpError> {
     context
         .extensions
         .get::<http::request::Parts>()
-        .and_then(|parts| parts.extensions.get::<Authenticated>())
+        .and_then(|parts| parts.extensions.get::<Arc<Authenticated>>())
         .cloned()
         // Invariant: the gate rejects every request it could not authenticate, so this only
         // fails if the handler is mounted without the gate.

@@ -22,7 +22,7 @@ pub(crate) fn bearer_token(parts: &Parts) -> Option<&str> {
 
 /// A request authenticated with a token that has the `admin` scope.
 #[derive(Debug, Clone)]
-pub struct AdminAuth(pub Authenticated);
+pub struct AdminAuth(pub std::sync::Arc<Authenticated>);
 
 impl FromRequestParts<AppState> for AdminAuth {
     type Rejection = ApiError;
