@@ -10,7 +10,9 @@ use chiron_store::{backend_tests, Store};
 
 use crate::support::{issue, request, service, settings, AUDIENCE};
 
-fn invalid(result: Result<chiron_auth::Authenticated, VerifyError>) -> InvalidReason {
+fn invalid(
+    result: Result<std::sync::Arc<chiron_auth::Authenticated>, VerifyError>,
+) -> InvalidReason {
     match result {
         Err(VerifyError::Invalid(reason)) => reason,
         other => panic!("expected an invalid token, got {other:?}"),
