@@ -371,3 +371,152 @@ async fn protected_resource_metadata() {
         );
     }
 }
+
+#[tokio::test]
+async fn stateless_headers_must_match_the_body() {
+    let (app, alice, _, _db) = app_with(Config::default()).await;
+    let mismatched = Post::new(Some(&alice), stateless_whoami())
+        .stateless()
+        .header("mcp-name", "other_tool")
+        .send(&app)
+        .await;
+    assert_eq!(
+        mismatched.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        mismatched.text
+    );
+    let mut unknown = stateless_whoami();
+    unknown["params"]["name"] = json!("no_such_tool");
+    let reply = Post::new(Some(&alice), unknown)
+        .stateless()
+        .header("mcp-name", "no_such_tool")
+        .send(&app)
+        .await;
+    assert!(
+        reply.text.contains("-32602"),
+        "unknown tool must be invalid params: {}",
+        reply.text
+    );
+}
+
+/// A catalog with one tool that always fails and one only `alice` may see.
+struct TestCatalog;
+
+#[async_trait::async_trait]
+impl chiron_mcp::ToolCatalog for TestCatalog {
+    async fn list_tools(
+        &self,
+        caller: &chiron_auth::Authenticated,
+    ) -> Result<Vec<rmcp::model::Tool>, chiron_mcp::CatalogError> {
+        let schema: rmcp::model::JsonObject =
+            serde_json::from_value(json!({"type": "object"})).unwrap();
+        let mut tools = vec![rmcp::model::Tool::new(
+            "test_fails",
+            "always fails",
+            std::sync::Arc::new(schema.clone()),
+        )];
+        if caller.principal.display_name == "alice" {
+            tools.push(rmcp::model::Tool::new(
+                "test_secret",
+                "alice only",
+                std::sync::Arc::new(schema),
+            ));
+        }
+        Ok(tools)
+    }
+
+    async fn call_tool(
+        &self,
+        caller: &chiron_auth::Authenticated,
+        name: &str,
+        _arguments: Option<rmcp::model::JsonObject>,
+    ) -> Result<rmcp::model::CallToolResult, chiron_mcp::CatalogError> {
+        match name {
+            "test_fails" => Ok(rmcp::model::CallToolResult::error(vec![
+                rmcp::model::ContentBlock::text("it broke"),
+            ])),
+            "test_secret" if caller.principal.display_name == "alice" => {
+                Ok(rmcp::model::CallToolResult::success(vec![
+                    rmcp::model::ContentBlock::text("ok"),
+                ]))
+            }
+            _ => Err(chiron_mcp::CatalogError::UnknownTool),
+        }
+    }
+}
+
+#[tokio::test]
+async fn catalog_tools_are_routed_per_principal() {
+    let (db_store, _db) = store(Backend::Sqlite).await;
+    let config = Config::default();
+    let auth = chiron_server::setup::auth_service(&config, db_store.clone()).unwrap();
+    let state = chiron_server::AppState::with_catalog(
+        config,
+        db_store,
+        auth,
+        std::sync::Arc::new(TestCatalog),
+    );
+    let app = TestApp { state };
+    let alice = app.state.store.create_principal("alice").await.unwrap();
+    let bob = app.state.store.create_principal("bob").await.unwrap();
+    let alice = app.token(alice.id, &[Scope::McpTools]).await;
+    let bob = app.token(bob.id, &[Scope::McpTools]).await;
+
+    let call = |name: &str| {
+        let mut body = stateless_whoami();
+        body["params"]["name"] = json!(name);
+        body
+    };
+    let list = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/list", "params": {
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}}});
+    let listed = Post::new(Some(&bob), list.clone())
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/list")
+        .send(&app)
+        .await;
+    assert!(
+        listed.text.contains("whoami") && listed.text.contains("test_fails"),
+        "{}",
+        listed.text
+    );
+    assert!(!listed.text.contains("test_secret"), "{}", listed.text);
+
+    let failed = Post::new(Some(&bob), call("test_fails"))
+        .stateless()
+        .header("mcp-name", "test_fails")
+        .send(&app)
+        .await;
+    assert!(
+        failed.text.contains(r#""isError":true"#) && failed.text.contains("it broke"),
+        "{}",
+        failed.text
+    );
+
+    // Bob calling alice's tool gets exactly what a made-up name gets (ids aside).
+    let hidden = Post::new(Some(&bob), call("test_secret"))
+        .stateless()
+        .header("mcp-name", "test_secret")
+        .send(&app)
+        .await;
+    let missing = Post::new(Some(&bob), call("test_nothing"))
+        .stateless()
+        .header("mcp-name", "test_nothing")
+        .send(&app)
+        .await;
+    assert_eq!(hidden.status, missing.status);
+    assert_eq!(
+        hidden.text.replace("test_secret", "X"),
+        missing.text.replace("test_nothing", "X")
+    );
+    let allowed = Post::new(Some(&alice), call("test_secret"))
+        .stateless()
+        .header("mcp-name", "test_secret")
+        .send(&app)
+        .await;
+    assert!(
+        allowed.text.contains(r#""isError":false"#),
+        "{}",
+        allowed.text
+    );
+}

@@ -106,3 +106,19 @@ fn doctor_reports_config_and_host() {
     let stdout = chiron.ok(&["doctor"]);
     assert!(stdout.contains("reachable"), "{stdout}");
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let mut chiron = Chiron::new();
+    chiron.set_env("RUST_LOG", "debug");
+    let output = chiron.run(&["--log-format", "json", "migrate"]);
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "no log lines");
+    for line in lines {
+        let parsed: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(parsed.get("level").is_some(), "{line}");
+    }
+}
