@@ -23,6 +23,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The MCP endpoint.
     pub mcp: McpConfig,
+    /// Tool packages.
+    pub tools: ToolsConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -167,6 +169,15 @@ impl Default for McpConfig {
             call_burst: 100,
         }
     }
+}
+
+/// `[tools]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolsConfig {
+    /// Directories holding tool packages: each is a package folder (with `chiron-tool.toml`)
+    /// or a folder of package folders.
+    pub dirs: Vec<PathBuf>,
 }
 
 /// `[log]`.

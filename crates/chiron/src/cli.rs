@@ -72,6 +72,21 @@ pub enum Command {
     /// Issue, list and revoke MCP tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Validate and list tool packages.
+    #[command(subcommand)]
+    Tool(ToolCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ToolCommand {
+    /// List the packages and tools in the configured directories (tools.dirs).
+    List,
+    /// Validate package folders (or folders of packages); errors name file, line and field.
+    Check {
+        /// Package folders or folders of packages.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,6 +4,7 @@
 mod doctor;
 mod manage;
 mod serve;
+mod tool;
 
 use std::process::ExitCode;
 
@@ -23,6 +24,7 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Principal(cmd) => manage::principal(config, cmd).await,
         Command::Group(cmd) => manage::group(config, cmd).await,
         Command::Token(cmd) => manage::token(config, cmd).await,
+        Command::Tool(cmd) => tool::run(config, cmd),
     }
 }
 

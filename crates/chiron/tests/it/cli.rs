@@ -128,3 +128,38 @@ async fn principals_groups_and_tokens_from_the_command_line() {
     chiron.ok(&["principal", "enable", "alice"]);
     auth.verify(fresh.trim(), Scope::McpTools).await.unwrap();
 }
+
+#[test]
+fn tool_check_and_list_report_packages_and_errors() {
+    let mut chiron = Chiron::new();
+    let shipped = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools");
+    let ok = chiron.ok(&["tool", "check", shipped.to_str().unwrap()]);
+    assert!(ok.starts_with("ok: "), "{ok}");
+
+    let broken = chiron.dir.path().join("pkgs/broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(
+        broken.join("chiron-tool.toml"),
+        "name = \"broken\"\nversion = \"1\"\nkind = \"command\"\ncommand = [\"true\"]\n\n[[tools]]\nname = \"bad name\"\ninput_schema = { type = \"object\" }\n",
+    )
+    .unwrap();
+    let output = chiron.run(&["tool", "check", "pkgs"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("pkgs/broken/chiron-tool.toml:7: tools[0].name:"),
+        "{stderr}"
+    );
+
+    chiron.set_env(
+        "CHIRON_TOOLS__DIRS",
+        &format!("[\"{}\", \"pkgs\"]", shipped.display()),
+    );
+    let output = chiron.run(&["tool", "list"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("echo_echo"), "{stdout}");
+    assert!(
+        !output.status.success(),
+        "the broken package makes list fail"
+    );
+}

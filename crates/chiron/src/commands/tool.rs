@@ -1,0 +1,85 @@
+//! `chiron tool list|check`: load packages the way the server will and report every problem.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chiron_core::Config;
+use chiron_tools::{load_packages, LoadReport, PackageKind};
+
+use crate::cli::ToolCommand;
+
+pub fn run(config: Config, command: ToolCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ToolCommand::List => {
+            if config.tools.dirs.is_empty() {
+                eprintln!("no tool directories configured (set tools.dirs or CHIRON_TOOLS__DIRS)");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let report = load_packages(&config.tools.dirs);
+            print_packages(&report);
+            Ok(finish(&report))
+        }
+        ToolCommand::Check { dirs } => {
+            let report = load_packages(&dirs);
+            if report.errors.is_empty() {
+                println!(
+                    "ok: {} package(s), {} declared tool(s) in {}",
+                    report.packages.len(),
+                    report.tools.len(),
+                    show(&dirs)
+                );
+            }
+            Ok(finish(&report))
+        }
+    }
+}
+
+fn show(dirs: &[PathBuf]) -> String {
+    dirs.iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn print_packages(report: &LoadReport) {
+    for package in report.packages.values() {
+        let kind = match package.kind {
+            PackageKind::Command => "command",
+            PackageKind::McpStdio => "mcp-stdio",
+        };
+        println!(
+            "{} {} ({kind}) — {}  [{}]",
+            package.name,
+            package.version,
+            package.description,
+            package.dir.display()
+        );
+        if package.kind == PackageKind::McpStdio {
+            println!("    tools discovered from the server at start-up");
+        }
+        for tool in &package.tools {
+            println!("    {}_{}  {}", package.name, tool.name, tool.description);
+        }
+        for host in &package.egress {
+            let secrets: Vec<&str> = host.secrets.iter().map(|s| s.name.as_str()).collect();
+            println!(
+                "    egress {}{} secrets: [{}]",
+                host.host,
+                host.path_prefix,
+                secrets.join(", ")
+            );
+        }
+    }
+}
+
+/// Prints errors to stderr; a non-zero exit when there were any.
+fn finish(report: &LoadReport) -> ExitCode {
+    for err in &report.errors {
+        eprintln!("error: {err}");
+    }
+    if report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
