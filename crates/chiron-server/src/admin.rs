@@ -19,6 +19,7 @@ use chiron_core::{
     Actor, CreatedVia, GroupId, PrincipalId, PrincipalStatus, Scope, Scopes, TokenId,
 };
 use chiron_store::audit::AuditFilter;
+use chiron_store::grants::GrantSubject;
 
 pub use crate::bearer::AdminAuth;
 use crate::{ApiError, AppState};
@@ -44,6 +45,10 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/groups/{name}/members/{principal}",
             put(add_member).delete(remove_member),
+        )
+        .route(
+            "/grants",
+            get(list_grants).post(add_grant).delete(remove_grant),
         )
         .route("/audit", get(list_audit))
 }
@@ -359,4 +364,107 @@ async fn list_audit(
     Ok(Json(
         json!({ "events": state.store.list_audit(&filter).await? }),
     ))
+}
+
+#[derive(Deserialize)]
+struct GrantQuery {
+    package: Option<String>,
+}
+
+async fn list_grants(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Query(query): Query<GrantQuery>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(
+        json!({ "grants": state.store.list_grants(query.package.as_deref()).await? }),
+    ))
+}
+
+/// `{"package": "github", "principal": "<id>"}`, `{"package": …, "group": "<name>"}` or
+/// `{"package": …, "everyone": true}` — exactly one subject.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantBody {
+    package: String,
+    #[serde(default)]
+    principal: Option<String>,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    everyone: bool,
+}
+
+async fn grant_subject(state: &AppState, body: &GrantBody) -> Result<GrantSubject, ApiError> {
+    if body.package.trim().is_empty() {
+        return Err(ApiError::BadRequest("package must not be empty".into()));
+    }
+    match (&body.principal, &body.group, body.everyone) {
+        (Some(principal), None, false) => {
+            let id: PrincipalId = parse_id(principal, "principal")?;
+            state
+                .store
+                .get_principal(id)
+                .await?
+                .ok_or(ApiError::NotFound("principal"))?;
+            Ok(GrantSubject::Principal(id))
+        }
+        (None, Some(group), false) => Ok(GrantSubject::Group(group_id(state, group).await?)),
+        (None, None, true) => Ok(GrantSubject::Everyone),
+        _ => Err(ApiError::BadRequest(
+            "give exactly one of principal, group or everyone".into(),
+        )),
+    }
+}
+
+fn grant_event(
+    admin: &AdminAuth,
+    action: &str,
+    package: &str,
+    subject: GrantSubject,
+) -> chiron_core::NewAuditEvent {
+    chiron_core::NewAuditEvent {
+        actor: actor(admin),
+        action: action.into(),
+        target_kind: "package".into(),
+        target_id: package.into(),
+        detail: json!({ "subject": subject }),
+    }
+}
+
+async fn add_grant(
+    admin: AdminAuth,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<GrantBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let subject = grant_subject(&state, &body).await?;
+    let event = grant_event(&admin, "grant.add", &body.package, subject);
+    let added = state.store.add_grant(&body.package, subject, event).await?;
+    let status = if added {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({ "package": body.package, "subject": subject, "added": added })),
+    ))
+}
+
+async fn remove_grant(
+    admin: AdminAuth,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<GrantBody>,
+) -> Result<StatusCode, ApiError> {
+    let subject = grant_subject(&state, &body).await?;
+    let event = grant_event(&admin, "grant.remove", &body.package, subject);
+    if state
+        .store
+        .remove_grant(&body.package, subject, event)
+        .await?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("grant"))
+    }
 }

@@ -4,13 +4,14 @@
 //! sqlx's `Any` driver against either backend.
 //!
 //! Modules group the repository methods by table family: [`principals`], [`groups`],
-//! [`tokens`], [`audit`]. Mutations that must be audited take the audit event and write it in
+//! [`tokens`], [`grants`], [`audit`]. Mutations that must be audited take the audit event and write it in
 //! the same transaction, so an action and its audit row land together or not at all.
 //!
 //! Invariant: no token and no secret value is ever written by this crate; tokens arrive here
 //! already hashed.
 
 pub mod audit;
+pub mod grants;
 pub mod groups;
 pub mod principals;
 pub mod tokens;

@@ -75,6 +75,39 @@ pub enum Command {
     /// Validate and list tool packages.
     #[command(subcommand)]
     Tool(ToolCommand),
+    /// Grant tool packages to principals, groups or everyone.
+    #[command(subcommand)]
+    Grant(GrantCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GrantCommand {
+    /// Grant a package.
+    Add(GrantArgs),
+    /// List grants.
+    List {
+        /// Only this package.
+        #[arg(long)]
+        package: Option<String>,
+    },
+    /// Remove a grant.
+    Remove(GrantArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("subject").required(true).args(["principal", "group", "everyone"]))]
+pub struct GrantArgs {
+    /// The package name.
+    pub package: String,
+    /// A principal id or exact display name.
+    #[arg(long)]
+    pub principal: Option<String>,
+    /// A group name.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Every principal.
+    #[arg(long)]
+    pub everyone: bool,
 }
 
 #[derive(Debug, Subcommand)]

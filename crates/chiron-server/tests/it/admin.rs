@@ -321,3 +321,96 @@ backend_tests!(
         assert_eq!(scope.status, StatusCode::BAD_REQUEST);
     }
 );
+
+backend_tests!(admin_manages_grants, |store: Store| async move {
+    let app = TestApp::new(store);
+    let (_, admin) = app.admin().await;
+    let alice = app.state.store.create_principal("alice").await.unwrap();
+    app.state.store.create_group("eng").await.unwrap();
+
+    let added = app
+        .call(
+            "POST",
+            "/admin/api/grants",
+            Some(&admin),
+            Some(json!({"package": "github", "principal": alice.id})),
+        )
+        .await;
+    assert_eq!(added.status, StatusCode::CREATED, "{}", added.text);
+    let again = app
+        .call(
+            "POST",
+            "/admin/api/grants",
+            Some(&admin),
+            Some(json!({"package": "github", "principal": alice.id})),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.json()["added"], false);
+    let group = app
+        .call(
+            "POST",
+            "/admin/api/grants",
+            Some(&admin),
+            Some(json!({"package": "slack", "group": "eng"})),
+        )
+        .await;
+    assert_eq!(group.status, StatusCode::CREATED);
+    let everyone = app
+        .call(
+            "POST",
+            "/admin/api/grants",
+            Some(&admin),
+            Some(json!({"package": "echo", "everyone": true})),
+        )
+        .await;
+    assert_eq!(everyone.status, StatusCode::CREATED);
+    let both = app
+        .call(
+            "POST",
+            "/admin/api/grants",
+            Some(&admin),
+            Some(json!({"package": "x", "everyone": true, "group": "eng"})),
+        )
+        .await;
+    assert_eq!(both.status, StatusCode::BAD_REQUEST);
+    let nobody = app
+        .call(
+            "POST",
+            "/admin/api/grants",
+            Some(&admin),
+            Some(json!({"package": "x", "group": "ops"})),
+        )
+        .await;
+    assert_eq!(nobody.status, StatusCode::NOT_FOUND);
+
+    let listed = app.get("/admin/api/grants", Some(&admin)).await;
+    assert_eq!(listed.json()["grants"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        app.state.store.granted_packages(alice.id).await.unwrap(),
+        ["echo", "github"]
+    );
+
+    let removed = app
+        .call(
+            "DELETE",
+            "/admin/api/grants",
+            Some(&admin),
+            Some(json!({"package": "github", "principal": alice.id})),
+        )
+        .await;
+    assert_eq!(removed.status, StatusCode::NO_CONTENT);
+    let missing = app
+        .call(
+            "DELETE",
+            "/admin/api/grants",
+            Some(&admin),
+            Some(json!({"package": "github", "principal": alice.id})),
+        )
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    let events = app
+        .get("/admin/api/audit?action=grant.add", Some(&admin))
+        .await;
+    assert_eq!(events.json()["events"].as_array().unwrap().len(), 3);
+});

@@ -2,6 +2,7 @@
 //! (`<case>::sqlite` / `<case>::postgres`).
 
 mod audit;
+mod grants;
 mod groups;
 mod principals;
 mod support;

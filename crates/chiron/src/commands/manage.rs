@@ -12,7 +12,8 @@ use chiron_core::{
 use chiron_server::setup;
 use chiron_store::Store;
 
-use crate::cli::{GroupCommand, PrincipalCommand, TokenCommand};
+use crate::cli::{GrantArgs, GrantCommand, GroupCommand, PrincipalCommand, TokenCommand};
+use chiron_store::grants::GrantSubject;
 
 async fn open(config: &Config) -> anyhow::Result<(Store, AuthService)> {
     let store = setup::open_store(config).await.context("opening storage")?;
@@ -222,6 +223,91 @@ pub async fn token(config: Config, command: TokenCommand) -> anyhow::Result<Exit
                     .map_err(|_| anyhow::anyhow!("{text:?} is not a token id"))?;
                 let token = auth.revoke(id, None, &args.reason, Actor::cli()).await?;
                 println!("revoked token {} ({})", token.id, token.name);
+            }
+        }
+    }
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn grant_subject(store: &Store, args: &GrantArgs) -> anyhow::Result<(GrantSubject, String)> {
+    if let Some(principal) = &args.principal {
+        let principal = resolve(store, principal).await?;
+        return Ok((
+            GrantSubject::Principal(principal.id),
+            format!("principal {}", principal.display_name),
+        ));
+    }
+    if let Some(group) = &args.group {
+        let found = store
+            .group_by_name(group)
+            .await?
+            .with_context(|| format!("no group named {group:?}"))?;
+        return Ok((
+            GrantSubject::Group(found.id),
+            format!("group {}", found.name),
+        ));
+    }
+    Ok((GrantSubject::Everyone, "everyone".to_owned()))
+}
+
+fn grant_audit(action: &str, package: &str, subject: &str) -> chiron_core::NewAuditEvent {
+    chiron_core::NewAuditEvent {
+        actor: Actor::cli(),
+        action: action.into(),
+        target_kind: "package".into(),
+        target_id: package.into(),
+        detail: serde_json::json!({ "subject": subject }),
+    }
+}
+
+pub async fn grant(config: Config, command: GrantCommand) -> anyhow::Result<ExitCode> {
+    let (store, _auth) = open(&config).await?;
+    match command {
+        GrantCommand::Add(args) => {
+            let (subject, label) = grant_subject(&store, &args).await?;
+            let known = chiron_tools::load_packages(&config.tools.dirs);
+            if !known.packages.contains_key(&args.package) {
+                eprintln!(
+                    "note: no package {:?} in tools.dirs yet; the grant applies once it loads",
+                    args.package
+                );
+            }
+            let added = store
+                .add_grant(
+                    &args.package,
+                    subject,
+                    grant_audit("grant.add", &args.package, &label),
+                )
+                .await?;
+            println!(
+                "{} {} to {label}",
+                if added { "granted" } else { "already granted" },
+                args.package
+            );
+        }
+        GrantCommand::Remove(args) => {
+            let (subject, label) = grant_subject(&store, &args).await?;
+            if !store
+                .remove_grant(
+                    &args.package,
+                    subject,
+                    grant_audit("grant.remove", &args.package, &label),
+                )
+                .await?
+            {
+                bail!("{} is not granted to {label}", args.package);
+            }
+            println!("removed grant of {} to {label}", args.package);
+        }
+        GrantCommand::List { package } => {
+            for grant in store.list_grants(package.as_deref()).await? {
+                println!(
+                    "{:<24} {:<60} {}",
+                    grant.package,
+                    grant.subject.to_string(),
+                    rfc3339(grant.created_at)
+                );
             }
         }
     }

@@ -25,6 +25,7 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Group(cmd) => manage::group(config, cmd).await,
         Command::Token(cmd) => manage::token(config, cmd).await,
         Command::Tool(cmd) => tool::run(config, cmd),
+        Command::Grant(cmd) => manage::grant(config, cmd).await,
     }
 }
 

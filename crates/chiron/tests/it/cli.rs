@@ -163,3 +163,28 @@ fn tool_check_and_list_report_packages_and_errors() {
         "the broken package makes list fail"
     );
 }
+
+#[test]
+fn grants_from_the_command_line() {
+    let mut chiron = Chiron::new();
+    chiron.ok(&["principal", "add", "alice"]);
+    chiron.ok(&["group", "create", "eng"]);
+    assert!(chiron
+        .ok(&["grant", "add", "echo", "--principal", "alice"])
+        .contains("granted echo to principal alice"));
+    assert!(chiron
+        .ok(&["grant", "add", "echo", "--principal", "alice"])
+        .contains("already granted"));
+    chiron.ok(&["grant", "add", "slack", "--group", "eng"]);
+    chiron.ok(&["grant", "add", "time", "--everyone"]);
+    let listed = chiron.ok(&["grant", "list"]);
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+    assert!(listed.contains("everyone"));
+    chiron.ok(&["grant", "remove", "echo", "--principal", "alice"]);
+    assert!(!chiron
+        .run(&["grant", "remove", "echo", "--principal", "alice"])
+        .status
+        .success());
+    let neither = chiron.run(&["grant", "add", "echo"]);
+    assert!(!neither.status.success(), "a subject is required");
+}

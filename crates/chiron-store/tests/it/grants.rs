@@ -1,0 +1,96 @@
+use chiron_store::grants::GrantSubject;
+use chiron_store::{backend_tests, Store};
+
+use crate::support::audit;
+
+backend_tests!(
+    grants_reach_principals_directly_through_groups_and_everyone,
+    |store: Store| async move {
+        let alice = store.create_principal("alice").await.unwrap();
+        let bob = store.create_principal("bob").await.unwrap();
+        let carol = store.create_principal("carol").await.unwrap();
+        let eng = store.create_group("eng").await.unwrap();
+        store.add_group_member(eng.id, bob.id).await.unwrap();
+
+        assert!(store
+            .add_grant(
+                "github",
+                GrantSubject::Principal(alice.id),
+                audit("grant.add", "github")
+            )
+            .await
+            .unwrap());
+        assert!(!store
+            .add_grant(
+                "github",
+                GrantSubject::Principal(alice.id),
+                audit("grant.add", "github")
+            )
+            .await
+            .unwrap());
+        store
+            .add_grant(
+                "slack",
+                GrantSubject::Group(eng.id),
+                audit("grant.add", "slack"),
+            )
+            .await
+            .unwrap();
+        store
+            .add_grant("echo", GrantSubject::Everyone, audit("grant.add", "echo"))
+            .await
+            .unwrap();
+
+        assert_eq!(
+            store.granted_packages(alice.id).await.unwrap(),
+            ["echo", "github"]
+        );
+        assert_eq!(
+            store.granted_packages(bob.id).await.unwrap(),
+            ["echo", "slack"]
+        );
+        assert_eq!(store.granted_packages(carol.id).await.unwrap(), ["echo"]);
+
+        let all = store.list_grants(None).await.unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[0].package, "echo");
+        assert_eq!(all[0].subject, GrantSubject::Everyone);
+        assert_eq!(
+            store.list_grants(Some("slack")).await.unwrap()[0].subject,
+            GrantSubject::Group(eng.id)
+        );
+
+        assert!(store
+            .remove_grant(
+                "github",
+                GrantSubject::Principal(alice.id),
+                audit("grant.remove", "github")
+            )
+            .await
+            .unwrap());
+        assert!(!store
+            .remove_grant(
+                "github",
+                GrantSubject::Principal(alice.id),
+                audit("grant.remove", "github")
+            )
+            .await
+            .unwrap());
+        assert_eq!(store.granted_packages(alice.id).await.unwrap(), ["echo"]);
+        store.remove_group_member(eng.id, bob.id).await.unwrap();
+        assert_eq!(store.granted_packages(bob.id).await.unwrap(), ["echo"]);
+
+        // Only changes were audited: three adds and one removal.
+        let actions: Vec<String> = store
+            .list_audit(&Default::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.action)
+            .collect();
+        assert_eq!(
+            actions,
+            ["grant.remove", "grant.add", "grant.add", "grant.add"]
+        );
+    }
+);
