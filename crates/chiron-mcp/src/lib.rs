@@ -11,9 +11,11 @@ pub mod catalog;
 pub mod gate;
 pub mod handler;
 pub mod metadata;
+pub mod packages;
 pub mod sessions;
 
 mod endpoint;
 
 pub use catalog::{CatalogError, EmptyCatalog, ToolCatalog};
 pub use endpoint::McpEndpoint;
+pub use packages::PackageCatalog;

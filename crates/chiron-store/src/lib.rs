@@ -4,7 +4,7 @@
 //! sqlx's `Any` driver against either backend.
 //!
 //! Modules group the repository methods by table family: [`principals`], [`groups`],
-//! [`tokens`], [`grants`], [`audit`]. Mutations that must be audited take the audit event and write it in
+//! [`tokens`], [`grants`], [`audit`], [`tool_calls`]. Mutations that must be audited take the audit event and write it in
 //! the same transaction, so an action and its audit row land together or not at all.
 //!
 //! Invariant: no token and no secret value is ever written by this crate; tokens arrive here
@@ -15,6 +15,7 @@ pub mod grants;
 pub mod groups;
 pub mod principals;
 pub mod tokens;
+pub mod tool_calls;
 
 mod rows;
 

@@ -7,3 +7,4 @@ mod groups;
 mod principals;
 mod support;
 mod tokens;
+mod tool_calls;

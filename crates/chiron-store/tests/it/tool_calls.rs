@@ -1,0 +1,40 @@
+use chiron_core::time_util::now;
+use chiron_core::{PrincipalId, TokenId};
+use chiron_store::tool_calls::ToolCallRecord;
+use chiron_store::{backend_tests, Store};
+
+fn call(principal_id: PrincipalId, tool: &str, values: Option<&str>) -> ToolCallRecord {
+    ToolCallRecord {
+        call_id: uuid::Uuid::new_v4().to_string(),
+        at: now(),
+        principal_id,
+        token_id: TokenId::new(),
+        tool: tool.into(),
+        package: "echo".into(),
+        arg_keys: vec!["text".into()],
+        arg_bytes: 15,
+        arg_values: values.map(str::to_owned),
+        outcome: "ok".into(),
+        duration_ms: 3,
+        runner_id: Some("runner-1".into()),
+    }
+}
+
+backend_tests!(
+    tool_calls_are_recorded_and_listed,
+    |store: Store| async move {
+        let (alice, bob) = (PrincipalId::new(), PrincipalId::new());
+        let first = call(alice, "echo_echo", Some(r#"{"text":"hi"}"#));
+        let second = call(bob, "echo_echo", None);
+        store.record_tool_call(&first).await.unwrap();
+        store.record_tool_call(&second).await.unwrap();
+        let all = store.list_tool_calls(None, 10).await.unwrap();
+        assert_eq!(all.len(), 2);
+        let alices = store.list_tool_calls(Some(alice), 10).await.unwrap();
+        assert_eq!(alices, vec![first]);
+        assert_eq!(
+            store.list_tool_calls(Some(bob), 10).await.unwrap()[0].arg_values,
+            None
+        );
+    }
+);
