@@ -32,6 +32,16 @@ pub trait ToolCatalog: Send + Sync + 'static {
         name: &str,
         arguments: Option<JsonObject>,
     ) -> Result<CallToolResult, CatalogError>;
+
+    /// A receiver that changes whenever the tools some principal sees may have changed
+    /// (packages reloaded, grants changed); `None` for a catalog that never changes. MCP
+    /// sessions turn changes into `notifications/tools/list_changed`.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
+    /// Announces that visible tools may have changed (called after grant changes).
+    fn notify_changed(&self) {}
 }
 
 /// A catalog with no tools: only the built-ins are served.

@@ -5,12 +5,13 @@
 
 use std::sync::Arc;
 
+use rmcp::model::SubscriptionFilter;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, JsonObject,
     ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
     ToolAnnotations,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde_json::json;
 
@@ -94,6 +95,51 @@ impl ServerHandler for McpHandler {
         )
         .with_server_info(Implementation::new("chiron", env!("CARGO_PKG_VERSION")))
         .with_instructions("Tools granted to you by your team's chiron gateway.")
+    }
+
+    /// Session revisions: once the client is initialized, every catalog change becomes a
+    /// `notifications/tools/list_changed` on the session's stream. The forwarding task ends
+    /// when a send fails (the session is gone) or the catalog is dropped.
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        let Some(mut changes) = self.catalog.changes() else {
+            return;
+        };
+        changes.borrow_and_update();
+        let peer = context.peer.clone();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                if peer.notify_tool_list_changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// The 2026-07-28 revision has no sessions: clients ask for change notifications with
+    /// `subscriptions/listen`, and chiron offers tool-list changes.
+    fn accepted_subscription_filter(
+        &self,
+        _requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        Some(SubscriptionFilter::builder().tools_list_changed().build())
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
+        let Some(mut changes) = self.catalog.changes() else {
+            context.cancelled().await;
+            return Ok(());
+        };
+        changes.borrow_and_update();
+        loop {
+            tokio::select! {
+                () = context.cancelled() => return Ok(()),
+                changed = changes.changed() => {
+                    if changed.is_err() || context.sink().notify_tool_list_changed().await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
     }
 
     async fn list_tools(

@@ -2,7 +2,7 @@
 //! principal's granted tools, validates arguments against the tool's input schema before
 //! anything runs, hands the call to a [`ToolRunner`], turns the tool's output into an MCP
 //! result, and records every call in the call audit. Packages can be replaced at run time
-//! ([`PackageCatalog::reload`]); subscribers learn of changes through [`PackageCatalog::changes`].
+//! ([`PackageCatalog::reload`]); subscribers learn of changes through [`ToolCatalog::changes`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -131,14 +131,8 @@ impl PackageCatalog {
         self.notify_changed();
     }
 
-    /// Tells subscribers the visible tools may have changed (after a grant change, say).
-    pub fn notify_changed(&self) {
+    fn bump(&self) {
         self.changes.send_modify(|version| *version += 1);
-    }
-
-    /// A receiver that changes whenever tools may have changed.
-    pub fn changes(&self) -> watch::Receiver<u64> {
-        self.changes.subscribe()
     }
 
     fn snapshot(&self) -> Arc<Loaded> {
@@ -230,6 +224,14 @@ pub fn outcome_to_result(
 
 #[async_trait]
 impl ToolCatalog for PackageCatalog {
+    fn changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.changes.subscribe())
+    }
+
+    fn notify_changed(&self) {
+        self.bump();
+    }
+
     async fn list_tools(&self, caller: &Authenticated) -> Result<Vec<Tool>, CatalogError> {
         let granted = self.granted(caller).await?;
         let loaded = self.snapshot();

@@ -440,6 +440,9 @@ async fn add_grant(
     let subject = grant_subject(&state, &body).await?;
     let event = grant_event(&admin, "grant.add", &body.package, subject);
     let added = state.store.add_grant(&body.package, subject, event).await?;
+    if added {
+        state.catalog.notify_changed();
+    }
     let status = if added {
         StatusCode::CREATED
     } else {

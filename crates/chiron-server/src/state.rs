@@ -23,6 +23,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The MCP endpoint (routes, sessions).
     pub mcp: McpEndpoint,
+    /// The tools beyond the built-ins; told when grants change.
+    pub catalog: Arc<dyn ToolCatalog>,
     /// Cancelled when the server shuts down: ends MCP sessions and their streams so draining
     /// does not wait on long-lived SSE connections.
     pub shutdown: CancellationToken,
@@ -50,13 +52,14 @@ impl AppState {
         catalog: Arc<dyn ToolCatalog>,
     ) -> Self {
         let shutdown = CancellationToken::new();
-        let mcp = McpEndpoint::new(&config, auth.clone(), catalog, shutdown.clone());
+        let mcp = McpEndpoint::new(&config, auth.clone(), catalog.clone(), shutdown.clone());
         Self {
             config: Arc::new(config),
             store,
             auth,
             metrics: Arc::new(Metrics::new()),
             mcp,
+            catalog,
             shutdown,
         }
     }

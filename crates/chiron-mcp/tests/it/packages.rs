@@ -298,7 +298,7 @@ async fn values_of_tools_not_marked_safe_are_not_audited() {
 #[tokio::test]
 async fn reloads_are_announced() {
     let f = fixture().await;
-    let mut changes = f.catalog.changes();
+    let mut changes = f.catalog.changes().unwrap();
     f.catalog.reload(&load_packages(&[]));
     changes.changed().await.unwrap();
     assert!(f

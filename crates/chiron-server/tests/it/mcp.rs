@@ -520,3 +520,106 @@ async fn catalog_tools_are_routed_per_principal() {
         allowed.text
     );
 }
+
+/// A runner for catalogs whose tools these tests never run.
+struct NoRunner;
+
+#[async_trait::async_trait]
+impl chiron_runner::ToolRunner for NoRunner {
+    async fn run_command(
+        &self,
+        _call: chiron_runner::CommandCall,
+    ) -> Result<chiron_runner::CommandOutcome, chiron_runner::RunnerError> {
+        Err(chiron_runner::RunnerError::Start("not in this test".into()))
+    }
+}
+
+#[tokio::test]
+async fn granting_a_package_notifies_open_sessions() {
+    use http_body_util::BodyExt;
+
+    let (db_store, _db) = store(Backend::Sqlite).await;
+    let tools = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tools.path().join("notes")).unwrap();
+    std::fs::write(
+        tools.path().join("notes/chiron-tool.toml"),
+        "name = \"notes\"\nversion = \"1\"\nkind = \"command\"\ncommand = [\"true\"]\n[[tools]]\nname = \"add\"\ninput_schema = { type = \"object\" }\n",
+    )
+    .unwrap();
+    let report = chiron_tools::load_packages(&[tools.path().to_owned()]);
+    let catalog = std::sync::Arc::new(chiron_mcp::PackageCatalog::new(
+        db_store.clone(),
+        std::sync::Arc::new(NoRunner),
+        &report,
+    ));
+    let config = Config::default();
+    let auth = chiron_server::setup::auth_service(&config, db_store.clone()).unwrap();
+    let app = TestApp {
+        state: chiron_server::AppState::with_catalog(config, db_store, auth, catalog),
+    };
+    let (_, admin) = app.admin().await;
+    let alice = app.state.store.create_principal("alice").await.unwrap();
+    let token = app.token(alice.id, &[Scope::McpTools]).await;
+
+    let session = session_id(&Post::new(Some(&token), initialize()).send(&app).await);
+    let initialized = Post::new(
+        Some(&token),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .session(&session)
+    .send(&app)
+    .await;
+    assert!(initialized.status.is_success());
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let before = Post::new(Some(&token), list.clone())
+        .session(&session)
+        .send(&app)
+        .await;
+    assert!(!before.text.contains("notes_add"), "{}", before.text);
+
+    // The session's standalone stream, where server-initiated notifications arrive.
+    let stream_request = Request::get("/mcp")
+        .header("host", HOST)
+        .header("accept", "text/event-stream")
+        .header("authorization", format!("Bearer {token}"))
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-06-18")
+        .body(Body::empty())
+        .unwrap();
+    let stream =
+        tower::ServiceExt::oneshot(chiron_server::router(app.state.clone()), stream_request)
+            .await
+            .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let mut body = stream.into_body();
+
+    let granted = app
+        .call(
+            "POST",
+            "/admin/api/grants",
+            Some(&admin),
+            Some(json!({"package": "notes", "principal": alice.id})),
+        )
+        .await;
+    assert_eq!(granted.status, StatusCode::CREATED);
+
+    let mut seen = String::new();
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                seen.push_str(&String::from_utf8_lossy(&data));
+                if seen.contains("notifications/tools/list_changed") {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "no list_changed on the stream: {seen}");
+    let after = Post::new(Some(&token), list)
+        .session(&session)
+        .send(&app)
+        .await;
+    assert!(after.text.contains("notes_add"), "{}", after.text);
+}
