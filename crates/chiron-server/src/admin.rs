@@ -51,6 +51,7 @@ pub fn routes() -> Router<AppState> {
             get(list_grants).post(add_grant).delete(remove_grant),
         )
         .route("/audit", get(list_audit))
+        .route("/calls", get(list_calls))
 }
 
 /// A JSON body whose rejection is an [`ApiError`] with the stable error shape.
@@ -470,4 +471,34 @@ async fn remove_grant(
     } else {
         Err(ApiError::NotFound("grant"))
     }
+}
+
+#[derive(Deserialize)]
+struct CallQuery {
+    principal: Option<String>,
+    tool: Option<String>,
+    outcome: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_calls(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Query(query): Query<CallQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let principal_id = query
+        .principal
+        .as_deref()
+        .map(|p| parse_id::<PrincipalId>(p, "principal"))
+        .transpose()?;
+    let filter = chiron_store::tool_calls::ToolCallFilter {
+        principal_id,
+        tool: query.tool,
+        outcome: query.outcome,
+        since: None,
+        limit: Some(query.limit.unwrap_or(100).min(1000)),
+    };
+    Ok(Json(
+        json!({ "calls": state.store.list_tool_calls(&filter).await? }),
+    ))
 }

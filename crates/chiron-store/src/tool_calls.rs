@@ -45,6 +45,21 @@ fn as_rfc3339<S: serde::Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S
     s.serialize_str(&rfc3339(*t))
 }
 
+/// Which calls to return.
+#[derive(Debug, Clone, Default)]
+pub struct ToolCallFilter {
+    /// Only this principal's calls.
+    pub principal_id: Option<PrincipalId>,
+    /// Only calls of this tool.
+    pub tool: Option<String>,
+    /// Only calls with this outcome.
+    pub outcome: Option<String>,
+    /// Only calls at or after this time.
+    pub since: Option<OffsetDateTime>,
+    /// At most this many (default 100).
+    pub limit: Option<u32>,
+}
+
 impl Store {
     /// Appends a call audit row.
     pub async fn record_tool_call(&self, call: &ToolCallRecord) -> Result<(), StoreError> {
@@ -71,18 +86,22 @@ impl Store {
         Ok(())
     }
 
-    /// Recorded calls, newest first; optionally only one principal's.
+    /// Recorded calls matching `filter`, newest first.
     pub async fn list_tool_calls(
         &self,
-        principal_id: Option<PrincipalId>,
-        limit: u32,
+        filter: &ToolCallFilter,
     ) -> Result<Vec<ToolCallRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT * FROM tool_calls WHERE ($1 IS NULL OR principal_id = $1)
-             ORDER BY at DESC, id DESC LIMIT $2",
+            "SELECT * FROM tool_calls
+             WHERE ($1 IS NULL OR principal_id = $1) AND ($2 IS NULL OR tool = $2)
+               AND ($3 IS NULL OR outcome = $3) AND at >= $4
+             ORDER BY at DESC, id DESC LIMIT $5",
         )
-        .bind(principal_id.map(|id| id.to_string()))
-        .bind(i64::from(limit))
+        .bind(filter.principal_id.map(|id| id.to_string()))
+        .bind(filter.tool.clone())
+        .bind(filter.outcome.clone())
+        .bind(filter.since.map(to_millis).unwrap_or(i64::MIN))
+        .bind(i64::from(filter.limit.unwrap_or(100)))
         .fetch_all(self.pool())
         .await?;
         rows.iter()

@@ -78,6 +78,47 @@ pub enum Command {
     /// Grant tool packages to principals, groups or everyone.
     #[command(subcommand)]
     Grant(GrantCommand),
+    /// Read the audit log: administrative events and tool calls.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// The most recent events and tool calls, oldest first.
+    Tail {
+        /// How many of each.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Search tool calls (and, with --action, events).
+    Search(AuditSearchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditSearchArgs {
+    /// Only calls of this principal (id or exact name).
+    #[arg(long)]
+    pub principal: Option<String>,
+    /// Only calls of this tool.
+    #[arg(long)]
+    pub tool: Option<String>,
+    /// Only calls with this outcome (ok, tool_error, invalid_arguments, unknown_tool, timeout,
+    /// busy, runner_error).
+    #[arg(long)]
+    pub outcome: Option<String>,
+    /// Only events with this action (token.issue, token.revoke, grant.add, …) instead of calls.
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Only entries newer than this, e.g. 1h, 7d.
+    #[arg(long, value_parser = humantime_duration)]
+    pub since: Option<std::time::Duration>,
+    /// At most this many.
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,6 +8,7 @@ use chiron_mcp::{CatalogError, PackageCatalog, ToolCatalog};
 use chiron_runner::{CommandCall, CommandOutcome, RunnerError, ToolRunner};
 use chiron_store::grants::GrantSubject;
 use chiron_store::testing::{store, TestDb};
+use chiron_store::tool_calls::ToolCallFilter;
 use chiron_store::{Backend, Store};
 use chiron_tools::load_packages;
 use serde_json::{json, Value};
@@ -170,7 +171,14 @@ async fn ungranted_and_unknown_tools_look_the_same_and_are_audited() {
     assert!(matches!(hidden, Err(CatalogError::UnknownTool)));
     assert!(matches!(missing, Err(CatalogError::UnknownTool)));
     assert!(f.runner.calls.lock().unwrap().is_empty());
-    let audited = f.store.list_tool_calls(Some(f.bob.id), 10).await.unwrap();
+    let audited = f
+        .store
+        .list_tool_calls(&ToolCallFilter {
+            principal_id: Some(f.bob.id),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(audited.len(), 2);
     assert!(audited
         .iter()
@@ -194,7 +202,14 @@ async fn invalid_arguments_are_refused_before_anything_runs() {
         .unwrap();
     assert!(text(&missing).contains("text"), "{}", text(&missing));
     assert!(f.runner.calls.lock().unwrap().is_empty());
-    let audited = f.store.list_tool_calls(Some(f.alice.id), 10).await.unwrap();
+    let audited = f
+        .store
+        .list_tool_calls(&ToolCallFilter {
+            principal_id: Some(f.alice.id),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert!(audited.iter().all(|c| c.outcome == "invalid_arguments"));
 }
 
@@ -258,7 +273,14 @@ async fn outputs_map_to_mcp_results_and_calls_are_audited() {
     assert_eq!(sent.timeout, std::time::Duration::from_secs(7));
     assert_eq!(sent.arguments, json!({"text": "hi", "count": 1}));
 
-    let audited = f.store.list_tool_calls(Some(f.alice.id), 10).await.unwrap();
+    let audited = f
+        .store
+        .list_tool_calls(&ToolCallFilter {
+            principal_id: Some(f.alice.id),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let outcomes: Vec<&str> = audited.iter().rev().map(|c| c.outcome.as_str()).collect();
     assert_eq!(
         outcomes,
@@ -287,7 +309,15 @@ async fn values_of_tools_not_marked_safe_are_not_audited() {
         )
         .await
         .unwrap();
-    let audited = f.store.list_tool_calls(Some(f.alice.id), 1).await.unwrap();
+    let audited = f
+        .store
+        .list_tool_calls(&ToolCallFilter {
+            principal_id: Some(f.alice.id),
+            limit: Some(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(audited[0].arg_keys, ["password"]);
     assert_eq!(audited[0].arg_values, None);
     assert!(!chiron_store::testing::dump_all_tables(&f.store)

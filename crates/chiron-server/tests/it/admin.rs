@@ -414,3 +414,36 @@ backend_tests!(admin_manages_grants, |store: Store| async move {
         .await;
     assert_eq!(events.json()["events"].as_array().unwrap().len(), 3);
 });
+
+backend_tests!(admin_lists_tool_calls, |store: Store| async move {
+    let app = TestApp::new(store);
+    let (_, admin) = app.admin().await;
+    let alice = app.state.store.create_principal("alice").await.unwrap();
+    let record = chiron_store::tool_calls::ToolCallRecord {
+        call_id: "c1".into(),
+        at: chiron_core::time_util::now(),
+        principal_id: alice.id,
+        token_id: chiron_core::TokenId::new(),
+        tool: "echo_echo".into(),
+        package: "echo".into(),
+        arg_keys: vec![],
+        arg_bytes: 2,
+        arg_values: None,
+        outcome: "ok".into(),
+        duration_ms: 1,
+        runner_id: None,
+    };
+    app.state.store.record_tool_call(&record).await.unwrap();
+    let calls = app
+        .get(
+            &format!("/admin/api/calls?principal={}&tool=echo_echo", alice.id),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(calls.status, StatusCode::OK, "{}", calls.text);
+    assert_eq!(calls.json()["calls"][0]["call_id"], "c1");
+    let none = app
+        .get("/admin/api/calls?outcome=timeout", Some(&admin))
+        .await;
+    assert!(none.json()["calls"].as_array().unwrap().is_empty());
+});

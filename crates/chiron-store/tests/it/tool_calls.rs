@@ -1,6 +1,6 @@
 use chiron_core::time_util::now;
 use chiron_core::{PrincipalId, TokenId};
-use chiron_store::tool_calls::ToolCallRecord;
+use chiron_store::tool_calls::{ToolCallFilter, ToolCallRecord};
 use chiron_store::{backend_tests, Store};
 
 fn call(principal_id: PrincipalId, tool: &str, values: Option<&str>) -> ToolCallRecord {
@@ -28,12 +28,25 @@ backend_tests!(
         let second = call(bob, "echo_echo", None);
         store.record_tool_call(&first).await.unwrap();
         store.record_tool_call(&second).await.unwrap();
-        let all = store.list_tool_calls(None, 10).await.unwrap();
+        let all = store.list_tool_calls(&Default::default()).await.unwrap();
         assert_eq!(all.len(), 2);
-        let alices = store.list_tool_calls(Some(alice), 10).await.unwrap();
+        let alices = store
+            .list_tool_calls(&ToolCallFilter {
+                principal_id: Some(alice),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         assert_eq!(alices, vec![first]);
         assert_eq!(
-            store.list_tool_calls(Some(bob), 10).await.unwrap()[0].arg_values,
+            store
+                .list_tool_calls(&ToolCallFilter {
+                    principal_id: Some(bob),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()[0]
+                .arg_values,
             None
         );
     }

@@ -15,14 +15,14 @@ use chiron_store::Store;
 use crate::cli::{GrantArgs, GrantCommand, GroupCommand, PrincipalCommand, TokenCommand};
 use chiron_store::grants::GrantSubject;
 
-async fn open(config: &Config) -> anyhow::Result<(Store, AuthService)> {
+pub(crate) async fn open(config: &Config) -> anyhow::Result<(Store, AuthService)> {
     let store = setup::open_store(config).await.context("opening storage")?;
     let auth = setup::auth_service(config, store.clone())?;
     Ok((store, auth))
 }
 
 /// Resolves a principal by id, or by display name when exactly one principal has it.
-async fn resolve(store: &Store, text: &str) -> anyhow::Result<Principal> {
+pub(crate) async fn resolve(store: &Store, text: &str) -> anyhow::Result<Principal> {
     if let Ok(id) = text.parse::<PrincipalId>() {
         if let Some(principal) = store.get_principal(id).await? {
             return Ok(principal);

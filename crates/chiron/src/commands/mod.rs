@@ -1,6 +1,7 @@
 //! One module per command family. Each works directly on the libraries; the CLI never talks
 //! to a running server.
 
+mod audit;
 mod doctor;
 mod manage;
 mod serve;
@@ -26,6 +27,7 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Token(cmd) => manage::token(config, cmd).await,
         Command::Tool(cmd) => tool::run(config, cmd),
         Command::Grant(cmd) => manage::grant(config, cmd).await,
+        Command::Audit(cmd) => audit::run(config, cmd).await,
     }
 }
 

@@ -188,3 +188,56 @@ fn grants_from_the_command_line() {
     let neither = chiron.run(&["grant", "add", "echo"]);
     assert!(!neither.status.success(), "a subject is required");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_tail_and_search() {
+    let mut chiron = Chiron::new();
+    chiron.ok(&["principal", "add", "alice"]);
+    chiron.ok(&["token", "issue", "--principal", "alice"]);
+    chiron.ok(&["grant", "add", "echo", "--principal", "alice"]);
+    let auth = auth_for(&chiron).await;
+    let alice = auth
+        .store()
+        .principals_named("alice")
+        .await
+        .unwrap()
+        .remove(0);
+    let call = chiron_store::tool_calls::ToolCallRecord {
+        call_id: "call-1".into(),
+        at: chiron_core::time_util::now(),
+        principal_id: alice.id,
+        token_id: chiron_core::TokenId::new(),
+        tool: "echo_echo".into(),
+        package: "echo".into(),
+        arg_keys: vec!["text".into()],
+        arg_bytes: 10,
+        arg_values: None,
+        outcome: "ok".into(),
+        duration_ms: 4,
+        runner_id: Some("r1".into()),
+    };
+    auth.store().record_tool_call(&call).await.unwrap();
+
+    let tail = chiron.ok(&["audit", "tail"]);
+    assert!(
+        tail.contains("token.issue") && tail.contains("grant.add") && tail.contains("echo_echo"),
+        "{tail}"
+    );
+    let calls = chiron.ok(&[
+        "audit",
+        "search",
+        "--principal",
+        "alice",
+        "--tool",
+        "echo_echo",
+        "--json",
+    ]);
+    let parsed: serde_json::Value = serde_json::from_str(calls.lines().next().unwrap()).unwrap();
+    assert_eq!(parsed["call_id"], "call-1");
+    assert!(chiron
+        .ok(&["audit", "search", "--outcome", "timeout"])
+        .trim()
+        .is_empty());
+    let events = chiron.ok(&["audit", "search", "--action", "grant.add", "--since", "1h"]);
+    assert_eq!(events.lines().count(), 1, "{events}");
+}

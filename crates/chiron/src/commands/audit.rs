@@ -1,0 +1,118 @@
+//! `chiron audit tail|search`: administrative events and tool calls from storage.
+
+use std::process::ExitCode;
+
+use chiron_core::time_util::{now, rfc3339};
+use chiron_core::{AuditEvent, Config};
+use chiron_store::audit::AuditFilter;
+use chiron_store::tool_calls::{ToolCallFilter, ToolCallRecord};
+
+use super::manage::{open, resolve};
+use crate::cli::AuditCommand;
+
+fn event_line(event: &AuditEvent) -> String {
+    let actor = event
+        .actor
+        .principal_id
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "-".into());
+    format!(
+        "{}  event  {:<18} {} {}  by {} via {}  {}",
+        rfc3339(event.at),
+        event.action,
+        event.target_kind,
+        event.target_id,
+        actor,
+        event.actor.via,
+        event.detail
+    )
+}
+
+fn call_line(call: &ToolCallRecord) -> String {
+    format!(
+        "{}  call   {:<18} {:<17} {:>6}ms  principal {}  keys [{}]  call {}{}",
+        rfc3339(call.at),
+        call.tool,
+        call.outcome,
+        call.duration_ms,
+        call.principal_id,
+        call.arg_keys.join(","),
+        call.call_id,
+        call.runner_id
+            .as_deref()
+            .map(|r| format!("  runner {r}"))
+            .unwrap_or_default()
+    )
+}
+
+pub async fn run(config: Config, command: AuditCommand) -> anyhow::Result<ExitCode> {
+    let (store, _auth) = open(&config).await?;
+    match command {
+        AuditCommand::Tail { limit } => {
+            let events = store
+                .list_audit(&AuditFilter {
+                    limit: Some(limit),
+                    ..Default::default()
+                })
+                .await?;
+            let calls = store
+                .list_tool_calls(&ToolCallFilter {
+                    limit: Some(limit),
+                    ..Default::default()
+                })
+                .await?;
+            let mut lines: Vec<(i128, String)> = events
+                .iter()
+                .map(|e| (e.at.unix_timestamp_nanos(), event_line(e)))
+                .chain(
+                    calls
+                        .iter()
+                        .map(|c| (c.at.unix_timestamp_nanos(), call_line(c))),
+                )
+                .collect();
+            lines.sort_by_key(|(at, _)| *at);
+            for (_, line) in lines {
+                println!("{line}");
+            }
+        }
+        AuditCommand::Search(args) => {
+            let since = args.since.map(|d| now() - d);
+            if let Some(action) = args.action {
+                let filter = AuditFilter {
+                    action: Some(action),
+                    target_id: None,
+                    since,
+                    limit: Some(args.limit),
+                };
+                for event in store.list_audit(&filter).await? {
+                    if args.json {
+                        println!("{}", serde_json::to_string(&event)?);
+                    } else {
+                        println!("{}", event_line(&event));
+                    }
+                }
+            } else {
+                let principal_id = match &args.principal {
+                    Some(text) => Some(resolve(&store, text).await?.id),
+                    None => None,
+                };
+                let filter = ToolCallFilter {
+                    principal_id,
+                    tool: args.tool,
+                    outcome: args.outcome,
+                    since,
+                    limit: Some(args.limit),
+                };
+                for call in store.list_tool_calls(&filter).await? {
+                    if args.json {
+                        println!("{}", serde_json::to_string(&call)?);
+                    } else {
+                        println!("{}", call_line(&call));
+                    }
+                }
+            }
+        }
+    }
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
