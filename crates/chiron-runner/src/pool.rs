@@ -138,6 +138,9 @@ pub struct RunnerInfo {
     pub idle_secs: u64,
 }
 
+/// Runners removed from the pool that still need stopping.
+type Evicted = Vec<Arc<dyn Runner>>;
+
 /// The pool. Cheap to share behind an `Arc`.
 pub struct RunnerPool {
     backend: Arc<dyn RunnerBackend>,
@@ -169,11 +172,9 @@ impl RunnerPool {
             .expect("invariant: pool lock is never poisoned")
     }
 
-    /// The principal's slot, creating it (and making room under `max_runners`) if needed.
-    fn slot(
-        &self,
-        principal: PrincipalId,
-    ) -> Result<(Arc<Slot>, Vec<Arc<dyn Runner>>), RunnerError> {
+    /// The principal's slot, creating it (and making room under `max_runners`) if needed; also
+    /// returns runners evicted to make room, for the caller to stop outside the lock.
+    fn slot(&self, principal: PrincipalId) -> Result<(Arc<Slot>, Evicted), RunnerError> {
         let mut slots = self.lock();
         if let Some(slot) = slots.get(&principal) {
             return Ok((slot.clone(), Vec::new()));
