@@ -462,15 +462,15 @@ async fn remove_grant(
 ) -> Result<StatusCode, ApiError> {
     let subject = grant_subject(&state, &body).await?;
     let event = grant_event(&admin, "grant.remove", &body.package, subject);
-    if state
+    if !state
         .store
         .remove_grant(&body.package, subject, event)
         .await?
     {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound("grant"))
+        return Err(ApiError::NotFound("grant"));
     }
+    state.catalog.notify_changed();
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize)]

@@ -617,9 +617,31 @@ async fn granting_a_package_notifies_open_sessions() {
     })
     .await;
     assert_eq!(found, Ok(true), "no list_changed on the stream: {seen}");
-    let after = Post::new(Some(&token), list)
+    let after = Post::new(Some(&token), list.clone())
         .session(&session)
         .send(&app)
         .await;
     assert!(after.text.contains("notes_add"), "{}", after.text);
+
+    // Removing the grant is announced as well, and the tool is gone from the next list.
+    let mut changes = app.state.catalog.changes().unwrap();
+    changes.borrow_and_update();
+    let removed = app
+        .call(
+            "DELETE",
+            "/admin/api/grants",
+            Some(&admin),
+            Some(json!({"package": "notes", "principal": alice.id})),
+        )
+        .await;
+    assert_eq!(removed.status, StatusCode::NO_CONTENT);
+    assert!(
+        changes.has_changed().unwrap(),
+        "grant removal was not announced"
+    );
+    let gone = Post::new(Some(&token), list)
+        .session(&session)
+        .send(&app)
+        .await;
+    assert!(!gone.text.contains("notes_add"), "{}", gone.text);
 }
