@@ -5,7 +5,9 @@
 //! offers a sandbox (user namespaces, Landlock, cgroups) so `chiron doctor` can report it and
 //! the local backend can pick its limits mechanism.
 
+pub mod agent;
 pub mod host;
+pub mod local;
 pub mod pool;
 pub mod tool;
 

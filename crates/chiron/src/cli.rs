@@ -81,6 +81,12 @@ pub enum Command {
     /// Read the audit log: administrative events and tool calls.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Internal: the process inside a runner sandbox (started by the gateway, never by hand).
+    #[command(hide = true)]
+    RunnerAgent {
+        /// The sandbox description, as JSON.
+        spec: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

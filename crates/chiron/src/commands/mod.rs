@@ -21,7 +21,9 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Init => init(config).await,
         Command::Migrate => migrate(config).await,
         Command::Doctor => doctor::run(config).await,
-        Command::Version => unreachable!("handled before configuration is loaded"),
+        Command::Version | Command::RunnerAgent { .. } => {
+            unreachable!("handled before configuration is loaded")
+        }
         Command::Principal(cmd) => manage::principal(config, cmd).await,
         Command::Group(cmd) => manage::group(config, cmd).await,
         Command::Token(cmd) => manage::token(config, cmd).await,

@@ -3,5 +3,6 @@
 mod cli;
 mod leak;
 mod mcp_sdk;
+mod sandbox;
 mod serve;
 mod support;

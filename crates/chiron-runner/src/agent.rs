@@ -1,0 +1,686 @@
+//! The runner agent: the process that is the sandbox. The gateway starts it (as
+//! `chiron runner-agent <spec>`) in new user, mount, network, IPC, UTS and PID namespaces and
+//! maps its user ids; then:
+//!
+//! 1. The outer stage waits for `go` on stdin (sent once the id maps are written) and forks.
+//! 2. The inner stage is PID 1 of the new PID namespace. It builds a minimal root on tmpfs —
+//!    system directories and tool packages bound read-only, the principal's home read-write,
+//!    a private `/tmp`, a fresh `/proc`, a minimal `/dev` — pivots into it, brings `lo` up,
+//!    drops to uid 1000 with no capabilities and `no_new_privs`, applies Landlock and a seccomp
+//!    filter, and only then serves requests. Every tool process is its child and inherits all
+//!    of it; nothing ever joins the sandbox from outside.
+//!
+//! Protocol: one JSON object per line. Requests `{"id", "ping": {}}` or
+//! `{"id", "run": {argv, cwd, env, stdin, timeout_ms}}`; responses `{"id", "pong": true}` or
+//! `{"id", "exit_code", "signal", "stdout", "stderr_tail", "timed_out"}`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::CString;
+use std::io::{BufRead, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The uid and gid tool processes run as inside the sandbox.
+pub const SANDBOX_UID: u32 = 1000;
+/// Largest stdout kept per call.
+pub const MAX_STDOUT: usize = 16 * 1024 * 1024;
+/// Bytes of stderr kept (the tail).
+pub const STDERR_TAIL: usize = 4096;
+
+/// What the gateway tells the agent about the sandbox to build.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentSpec {
+    /// An empty directory on the host; the new root is a tmpfs mounted on it.
+    pub root: PathBuf,
+    /// The principal's home on the host, mounted read-write at `/home/chiron`.
+    pub home: PathBuf,
+    /// Tool packages by name, mounted read-only at `/tools/<name>`.
+    pub tools: BTreeMap<String, PathBuf>,
+}
+
+/// A request from the gateway.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    /// Correlates the response.
+    pub id: u64,
+    /// Health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping: Option<serde_json::Value>,
+    /// Run a process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunRequest>,
+}
+
+/// Run one process to completion.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRequest {
+    /// Program and arguments (program resolved on the sandbox's PATH unless it has a `/`).
+    pub argv: Vec<String>,
+    /// Working directory inside the sandbox.
+    pub cwd: String,
+    /// The whole environment (nothing is inherited).
+    pub env: BTreeMap<String, String>,
+    /// Bytes for stdin.
+    pub stdin: String,
+    /// Kill the process group after this long.
+    pub timeout_ms: u64,
+}
+
+/// A response to the gateway.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Response {
+    /// The request's id.
+    pub id: u64,
+    /// Answer to a ping.
+    #[serde(default)]
+    pub pong: bool,
+    /// Exit status, if it exited.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Signal, if killed.
+    #[serde(default)]
+    pub signal: Option<i32>,
+    /// Stdout (lossy UTF-8), bounded.
+    #[serde(default)]
+    pub stdout: String,
+    /// The end of stderr.
+    #[serde(default)]
+    pub stderr_tail: String,
+    /// Killed by the timeout.
+    #[serde(default)]
+    pub timed_out: bool,
+    /// The process could not be started.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+fn fail(what: &str) -> ! {
+    let err = std::io::Error::last_os_error();
+    eprintln!("runner-agent: {what}: {err}");
+    std::process::exit(120);
+}
+
+fn check(ret: libc::c_int, what: &str) {
+    if ret != 0 {
+        fail(what);
+    }
+}
+
+fn cstr(path: &Path) -> CString {
+    CString::new(path.as_os_str().as_encoded_bytes()).unwrap_or_else(|_| fail("path with NUL"))
+}
+
+fn mount(
+    source: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) {
+    let source = source.map(cstr);
+    let target_c = cstr(target);
+    let fstype = fstype.map(|f| CString::new(f).unwrap_or_default());
+    let data = data.map(|d| CString::new(d).unwrap_or_default());
+    // SAFETY: every pointer is a valid NUL-terminated string or null, alive for the call.
+    let ret = unsafe {
+        libc::mount(
+            source.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
+            target_c.as_ptr(),
+            fstype.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
+            flags,
+            data.as_ref()
+                .map_or(std::ptr::null(), |s| s.as_ptr().cast()),
+        )
+    };
+    if ret != 0 {
+        fail(&format!("mount {}", target.display()));
+    }
+}
+
+/// Binds `source` at `target` read-only (or read-write), creating the mount point.
+fn bind(source: &Path, target: &Path, writable: bool) {
+    if source.is_dir() {
+        std::fs::create_dir_all(target).unwrap_or_else(|_| fail("mkdir mount point"));
+    } else {
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).unwrap_or_else(|_| fail("mkdir mount parent"));
+        }
+        std::fs::write(target, b"").unwrap_or_else(|_| fail("create mount point file"));
+    }
+    mount(
+        Some(source),
+        target,
+        None,
+        libc::MS_BIND | libc::MS_REC,
+        None,
+    );
+    let mut flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NOSUID;
+    if !writable {
+        flags |= libc::MS_RDONLY;
+    }
+    mount(None, target, None, flags, None);
+}
+
+/// The environment marker of the second exec (see [`run`]).
+const MAPPED: &str = "CHIRON_AGENT_MAPPED";
+
+/// Entry point of `chiron runner-agent`. Never returns.
+pub fn run(spec: AgentSpec) -> ! {
+    if std::env::var_os(MAPPED).is_none() {
+        // Outer stage, first exec: the gateway writes our id maps, then says `go`. Our first
+        // exec happened before the maps existed, so it dropped every capability; executing
+        // ourselves again, now as the namespace's root, restores them.
+        let mut go = [0u8; 3];
+        if std::io::stdin().read_exact(&mut go).is_err() || &go != b"go\n" {
+            fail("no go from the gateway");
+        }
+        let err = Command::new("/proc/self/exe")
+            .args(std::env::args_os().skip(1))
+            .env(MAPPED, "1")
+            .exec();
+        eprintln!("runner-agent: re-exec: {err}");
+        std::process::exit(120);
+    }
+    std::env::remove_var(MAPPED);
+    // SAFETY: the outer stage is single-threaded here; the child continues in `inner`.
+    match unsafe { libc::fork() } {
+        -1 => fail("fork"),
+        0 => inner(spec),
+        child => {
+            let mut status = 0;
+            // SAFETY: waiting for our only child.
+            unsafe { libc::waitpid(child, &mut status, 0) };
+            std::process::exit(if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                121
+            });
+        }
+    }
+}
+
+fn inner(spec: AgentSpec) -> ! {
+    // SAFETY: plain prctl/mount calls on this process.
+    unsafe {
+        // Die with the outer stage, which dies with the gateway.
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    }
+    build_root(&spec);
+    bring_up_loopback();
+    let hostname = b"chiron-runner";
+    // SAFETY: valid buffer and length.
+    unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) };
+    drop_privileges();
+    restrict_filesystem();
+    install_seccomp();
+    serve();
+}
+
+fn build_root(spec: &AgentSpec) {
+    let root = &spec.root;
+    mount(
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_REC | libc::MS_PRIVATE,
+        None,
+    );
+    mount(
+        Some(Path::new("tmpfs")),
+        root,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some("size=16m,mode=755"),
+    );
+    for dir in ["/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin"] {
+        let host = Path::new(dir);
+        let target = root.join(dir.trim_start_matches('/'));
+        match std::fs::read_link(host) {
+            Ok(link) => {
+                std::os::unix::fs::symlink(link, &target).unwrap_or_else(|_| fail("symlink"))
+            }
+            Err(_) if host.is_dir() => bind(host, &target, false),
+            Err(_) => {}
+        }
+    }
+    for path in [
+        "/etc/ssl",
+        "/etc/ca-certificates",
+        "/etc/alternatives",
+        "/etc/ld.so.cache",
+        "/etc/localtime",
+    ] {
+        let host = Path::new(path);
+        if host.exists() {
+            bind(host, &root.join(path.trim_start_matches('/')), false);
+        }
+    }
+    let etc = root.join("etc");
+    std::fs::create_dir_all(&etc).unwrap_or_else(|_| fail("mkdir etc"));
+    std::fs::write(etc.join("passwd"), "root:x:0:0:root:/root:/bin/sh\nchiron:x:1000:1000:chiron:/home/chiron:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
+        .unwrap_or_else(|_| fail("write passwd"));
+    std::fs::write(
+        etc.join("group"),
+        "root:x:0:\nchiron:x:1000:\nnogroup:x:65534:\n",
+    )
+    .unwrap_or_else(|_| fail("write group"));
+    std::fs::write(etc.join("hosts"), "127.0.0.1 localhost chiron-runner\n")
+        .unwrap_or_else(|_| fail("write hosts"));
+    for (name, dir) in &spec.tools {
+        bind(dir, &root.join("tools").join(name), false);
+    }
+    bind(&spec.home, &root.join("home/chiron"), true);
+    let tmp = root.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap_or_else(|_| fail("mkdir tmp"));
+    mount(
+        Some(Path::new("tmpfs")),
+        &tmp,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some("size=64m,mode=1777"),
+    );
+    let dev = root.join("dev");
+    std::fs::create_dir_all(&dev).unwrap_or_else(|_| fail("mkdir dev"));
+    mount(
+        Some(Path::new("tmpfs")),
+        &dev,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        Some("size=64k,mode=755"),
+    );
+    for node in ["null", "zero", "full", "random", "urandom"] {
+        bind(&Path::new("/dev").join(node), &dev.join(node), true);
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(target, dev.join(link)).unwrap_or_else(|_| fail("symlink dev"));
+    }
+    let proc_dir = root.join("proc");
+    std::fs::create_dir_all(&proc_dir).unwrap_or_else(|_| fail("mkdir proc"));
+    mount(
+        Some(Path::new("proc")),
+        &proc_dir,
+        Some("proc"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        None,
+    );
+
+    let old = root.join(".old");
+    std::fs::create_dir_all(&old).unwrap_or_else(|_| fail("mkdir .old"));
+    let (root_c, old_c) = (cstr(root), cstr(&old));
+    // SAFETY: valid paths; pivot_root has no libc wrapper.
+    let ret = unsafe { libc::syscall(libc::SYS_pivot_root, root_c.as_ptr(), old_c.as_ptr()) };
+    if ret != 0 {
+        fail("pivot_root");
+    }
+    std::env::set_current_dir("/").unwrap_or_else(|_| fail("chdir /"));
+    let old_c = CString::new("/.old").unwrap_or_default();
+    // SAFETY: valid path.
+    check(
+        unsafe { libc::umount2(old_c.as_ptr(), libc::MNT_DETACH) },
+        "umount old root",
+    );
+    let _ = std::fs::remove_dir("/.old");
+    mount(
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+        None,
+    );
+}
+
+fn bring_up_loopback() {
+    // SAFETY: a plain datagram socket and the SIOC[GS]IFFLAGS ioctls on a zeroed ifreq.
+    unsafe {
+        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if sock < 0 {
+            fail("socket");
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        if libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut ifr) != 0 {
+            fail("SIOCGIFFLAGS lo");
+        }
+        ifr.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        if libc::ioctl(sock, libc::SIOCSIFFLAGS, &ifr) != 0 {
+            fail("SIOCSIFFLAGS lo");
+        }
+        libc::close(sock);
+    }
+}
+
+fn drop_privileges() {
+    // SAFETY: plain prctl/setgroups/setres[ug]id calls on this process.
+    unsafe {
+        // Empty the bounding set so no exec can regain a capability.
+        for cap in 0..=63 {
+            libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+        }
+        check(
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
+            "no_new_privs",
+        );
+        check(libc::setgroups(0, std::ptr::null()), "setgroups");
+        check(
+            libc::setresgid(SANDBOX_UID, SANDBOX_UID, SANDBOX_UID),
+            "setresgid",
+        );
+        // Leaving uid 0 clears the permitted and effective capability sets.
+        check(
+            libc::setresuid(SANDBOX_UID, SANDBOX_UID, SANDBOX_UID),
+            "setresuid",
+        );
+    }
+}
+
+fn restrict_filesystem() {
+    use landlock::{
+        path_beneath_rules, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, ABI,
+    };
+    let abi = ABI::V3;
+    let result = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))
+        .and_then(|r| r.create())
+        .and_then(|r| r.add_rules(path_beneath_rules(["/"], AccessFs::from_read(abi))))
+        .and_then(|r| {
+            r.add_rules(path_beneath_rules(
+                ["/home/chiron", "/tmp"],
+                AccessFs::from_all(abi),
+            ))
+        })
+        .and_then(|r| {
+            r.add_rules(path_beneath_rules(
+                ["/dev"],
+                AccessFs::ReadFile | AccessFs::WriteFile,
+            ))
+        })
+        .and_then(|r| r.restrict_self());
+    if let Err(err) = result {
+        eprintln!("runner-agent: landlock: {err}");
+        std::process::exit(122);
+    }
+}
+
+fn install_seccomp() {
+    use seccompiler::{
+        apply_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
+        SeccompFilter, SeccompRule, TargetArch,
+    };
+    let arch = TargetArch::x86_64;
+    let mut denied: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for syscall in [
+        libc::SYS_ptrace,
+        libc::SYS_mount,
+        libc::SYS_umount2,
+        libc::SYS_pivot_root,
+        libc::SYS_bpf,
+        libc::SYS_keyctl,
+        libc::SYS_add_key,
+        libc::SYS_request_key,
+        libc::SYS_kexec_load,
+        libc::SYS_kexec_file_load,
+        libc::SYS_perf_event_open,
+        libc::SYS_userfaultfd,
+        libc::SYS_unshare,
+        libc::SYS_setns,
+        libc::SYS_init_module,
+        libc::SYS_finit_module,
+        libc::SYS_delete_module,
+        libc::SYS_reboot,
+        libc::SYS_swapon,
+        libc::SYS_swapoff,
+        libc::SYS_acct,
+        libc::SYS_iopl,
+        libc::SYS_ioperm,
+        libc::SYS_open_by_handle_at,
+        libc::SYS_name_to_handle_at,
+        libc::SYS_syslog,
+        libc::SYS_process_vm_readv,
+        libc::SYS_process_vm_writev,
+        libc::SYS_fsopen,
+        libc::SYS_fsmount,
+        libc::SYS_move_mount,
+        libc::SYS_open_tree,
+    ] {
+        denied.insert(syscall, vec![]);
+    }
+    // clone is allowed, but not with any flag that makes a namespace.
+    for flag in [
+        libc::CLONE_NEWUSER,
+        libc::CLONE_NEWNS,
+        libc::CLONE_NEWNET,
+        libc::CLONE_NEWPID,
+        libc::CLONE_NEWIPC,
+        libc::CLONE_NEWUTS,
+        libc::CLONE_NEWCGROUP,
+    ] {
+        let flag = flag as u64;
+        let rule = SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Qword,
+            SeccompCmpOp::MaskedEq(flag),
+            flag,
+        )
+        .and_then(|c| SeccompRule::new(vec![c]));
+        let Ok(rule) = rule else {
+            fail("seccomp clone rule")
+        };
+        denied.entry(libc::SYS_clone).or_default().push(rule);
+    }
+    let filters = [
+        SeccompFilter::new(
+            denied,
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::EPERM as u32),
+            arch,
+        ),
+        // clone3 passes its flags in memory the filter cannot read: make libc fall back to clone.
+        SeccompFilter::new(
+            [(libc::SYS_clone3, vec![])].into(),
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::ENOSYS as u32),
+            arch,
+        ),
+    ];
+    for filter in filters {
+        let program: Result<BpfProgram, _> = filter.map_err(|e| e.to_string()).and_then(|f| {
+            f.try_into()
+                .map_err(|e: seccompiler::BackendError| e.to_string())
+        });
+        match program {
+            Ok(program) => {
+                if let Err(err) = apply_filter(&program) {
+                    eprintln!("runner-agent: seccomp: {err}");
+                    std::process::exit(123);
+                }
+            }
+            Err(err) => {
+                eprintln!("runner-agent: seccomp: {err}");
+                std::process::exit(123);
+            }
+        }
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<i32, mpsc::Sender<i32>>>>;
+
+/// Reaps every child: ours are reported to their waiting call, orphans that were re-parented
+/// to PID 1 are simply collected so no zombie remains.
+fn reaper(pending: Pending) {
+    loop {
+        let mut status = 0;
+        // SAFETY: waiting for any child of this process.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid < 0 {
+            // No children right now: look again shortly.
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        if let Some(tx) = pending
+            .lock()
+            .expect("invariant: pending lock")
+            .remove(&pid)
+        {
+            let _ = tx.send(status);
+        }
+    }
+}
+
+fn read_bounded(mut reader: impl Read, limit: usize) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut buffer = [0u8; 8192];
+    loop {
+        match reader.read(&mut buffer) {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = limit.saturating_sub(kept.len());
+                kept.extend_from_slice(&buffer[..n.min(room)]);
+            }
+        }
+    }
+}
+
+fn read_tail(mut reader: impl Read, limit: usize) -> Vec<u8> {
+    let mut kept: Vec<u8> = Vec::new();
+    let mut buffer = [0u8; 8192];
+    loop {
+        match reader.read(&mut buffer) {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                kept.extend_from_slice(&buffer[..n]);
+                if kept.len() > limit {
+                    kept.drain(..kept.len() - limit);
+                }
+            }
+        }
+    }
+}
+
+fn run_one(id: u64, run: RunRequest, pending: &Pending) -> Response {
+    let mut response = Response {
+        id,
+        ..Default::default()
+    };
+    let Some((program, args)) = run.argv.split_first() else {
+        response.error = Some("empty argv".into());
+        return response;
+    };
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .env_clear()
+        .envs(&run.env)
+        .current_dir(&run.cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // Registering before the child can exit: hold the lock across spawn.
+    let (tx, rx) = mpsc::channel();
+    let mut guard = pending.lock().expect("invariant: pending lock");
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(err) => {
+            response.error = Some(format!("cannot start {program}: {err}"));
+            return response;
+        }
+    };
+    let pid = child.id() as i32;
+    guard.insert(pid, tx);
+    drop(guard);
+
+    let stdin = child.stdin.take();
+    let input = run.stdin;
+    let writer = std::thread::spawn(move || {
+        if let Some(mut stdin) = stdin {
+            let _ = stdin.write_all(input.as_bytes());
+        }
+    });
+    let stdout = child
+        .stdout
+        .take()
+        .map(|out| std::thread::spawn(move || read_bounded(out, MAX_STDOUT)));
+    let stderr = child
+        .stderr
+        .take()
+        .map(|err| std::thread::spawn(move || read_tail(err, STDERR_TAIL)));
+
+    let status = match rx.recv_timeout(Duration::from_millis(run.timeout_ms)) {
+        Ok(status) => status,
+        Err(_) => {
+            response.timed_out = true;
+            // SAFETY: signalling the call's own process group.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            rx.recv().unwrap_or(0)
+        }
+    };
+    // The whole group goes, so pipes held open by descendants close too.
+    // SAFETY: signalling the call's own process group; harmless if it is already gone.
+    unsafe { libc::kill(-pid, libc::SIGKILL) };
+    let _ = writer.join();
+    if libc::WIFEXITED(status) {
+        response.exit_code = Some(libc::WEXITSTATUS(status));
+    } else if libc::WIFSIGNALED(status) {
+        response.signal = Some(libc::WTERMSIG(status));
+    }
+    response.stdout = stdout
+        .and_then(|t| t.join().ok())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    response.stderr_tail = stderr
+        .and_then(|t| t.join().ok())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    response
+}
+
+fn serve() -> ! {
+    let pending: Pending = Arc::default();
+    let reaper_pending = pending.clone();
+    std::thread::spawn(move || reaper(reaper_pending));
+    let out = Arc::new(Mutex::new(std::io::stdout()));
+    let reply = move |response: &Response| {
+        let mut line = serde_json::to_vec(response).unwrap_or_default();
+        line.push(b'\n');
+        let mut out = out.lock().expect("invariant: stdout lock");
+        let _ = out.write_all(&line);
+        let _ = out.flush();
+    };
+    let reply = Arc::new(reply);
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let request: Request = match serde_json::from_str(&line) {
+            Ok(request) => request,
+            Err(err) => {
+                eprintln!("runner-agent: bad request: {err}");
+                continue;
+            }
+        };
+        if request.ping.is_some() {
+            reply(&Response {
+                id: request.id,
+                pong: true,
+                ..Default::default()
+            });
+            continue;
+        }
+        if let Some(run) = request.run {
+            let (pending, reply) = (pending.clone(), reply.clone());
+            std::thread::spawn(move || reply(&run_one(request.id, run, &pending)));
+        }
+    }
+    // The gateway closed our stdin: stop everything (PID 1 exiting ends the namespace).
+    std::process::exit(0);
+}
