@@ -175,10 +175,22 @@ pub fn run(spec: AgentSpec) -> ! {
         // Outer stage, first exec: the gateway writes our id maps, then says `go`. Our first
         // exec happened before the maps existed, so it dropped every capability; executing
         // ourselves again, now as the namespace's root, restores them.
+        // Read exactly these three bytes from fd 0, unbuffered: requests may follow in the
+        // same pipe read and belong to the re-executed agent.
         let mut go = [0u8; 3];
-        if std::io::stdin().read_exact(&mut go).is_err() || &go != b"go\n" {
+        let mut got = 0;
+        while got < go.len() {
+            // SAFETY: reading into the unfilled tail of a live buffer.
+            let n = unsafe { libc::read(0, go[got..].as_mut_ptr().cast(), go.len() - got) };
+            if n <= 0 {
+                fail("no go from the gateway");
+            }
+            got += n as usize;
+        }
+        if &go != b"go\n" {
             fail("no go from the gateway");
         }
+        step("go received");
         let err = Command::new("/proc/self/exe")
             .args(std::env::args_os().skip(1))
             .env(MAPPED, "1")
@@ -204,13 +216,21 @@ pub fn run(spec: AgentSpec) -> ! {
     }
 }
 
+fn step(what: &str) {
+    if std::env::var_os("CHIRON_AGENT_TRACE").is_some() {
+        eprintln!("runner-agent: {what}");
+    }
+}
+
 fn inner(spec: AgentSpec) -> ! {
+    step("inner started");
     // SAFETY: plain prctl/mount calls on this process.
     unsafe {
         // Die with the outer stage, which dies with the gateway.
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
     }
     build_root(&spec);
+    step("root built");
     bring_up_loopback();
     let hostname = b"chiron-runner";
     // SAFETY: valid buffer and length.
@@ -218,6 +238,7 @@ fn inner(spec: AgentSpec) -> ! {
     drop_privileges();
     restrict_filesystem();
     install_seccomp();
+    step("serving");
     serve();
 }
 

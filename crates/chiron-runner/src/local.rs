@@ -47,6 +47,37 @@ impl LocalBackend {
     pub fn new(config: LocalConfig) -> Self {
         Self { config }
     }
+
+    /// Removes what runners of an earlier gateway left behind: their processes are gone (each
+    /// sandbox exits when the gateway holding its stdin dies), so their cgroups are empty and
+    /// their root directories unused. Returns how many leftovers were removed.
+    pub fn clean_leftovers(&self) -> usize {
+        let mut removed = 0;
+        for controller in ["memory", "pids"] {
+            let parent = PathBuf::from("/sys/fs/cgroup")
+                .join(controller)
+                .join("chiron");
+            let Ok(entries) = std::fs::read_dir(&parent) else {
+                continue;
+            };
+            for entry in entries.filter_map(Result::ok) {
+                let path = entry.path();
+                let empty = std::fs::read_to_string(path.join("cgroup.procs"))
+                    .is_ok_and(|p| p.trim().is_empty());
+                if path.is_dir() && empty && std::fs::remove_dir(&path).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(self.config.data_dir.join("runners")) {
+            for entry in entries.filter_map(Result::ok) {
+                if std::fs::remove_dir(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
 }
 
 /// The first of the two host ids a principal's sandbox maps to (root, then uid 1000).
@@ -139,6 +170,7 @@ impl RunnerBackend for LocalBackend {
             .args(args)
             .arg(spec)
             .env_clear()
+            .envs(std::env::var_os("CHIRON_AGENT_TRACE").map(|v| ("CHIRON_AGENT_TRACE", v)))
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -331,6 +363,39 @@ impl LocalRunner {
     }
 }
 
+impl LocalRunner {
+    /// Kills the sandbox: its PID 1 (the outer agent's only child; a namespace init ignores
+    /// the parent-death signal, so it is killed directly, and everything else in its PID
+    /// namespace dies with it), then the outer agent.
+    fn kill_sandbox(child: &mut Child) {
+        if let Some(pid) = child.id() {
+            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default();
+            for inner in children
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                // SAFETY: signalling a process this runner started.
+                unsafe { libc::kill(inner, libc::SIGKILL) };
+            }
+        }
+        let _ = child.start_kill();
+    }
+}
+
+impl Drop for LocalRunner {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.lock().expect("invariant: child lock").take() {
+            Self::kill_sandbox(&mut child);
+        }
+        for dir in &self.cgroups {
+            // Succeeds once the killed processes are gone; otherwise `clean_leftovers` will.
+            let _ = std::fs::remove_dir(dir);
+        }
+        let _ = std::fs::remove_dir(&self.root);
+    }
+}
+
 #[async_trait]
 impl Runner for LocalRunner {
     fn id(&self) -> &str {
@@ -396,7 +461,7 @@ impl Runner for LocalRunner {
         self.alive.store(false, Ordering::SeqCst);
         let child = self.child.lock().expect("invariant: child lock").take();
         if let Some(mut child) = child {
-            let _ = child.start_kill();
+            Self::kill_sandbox(&mut child);
             let _ = child.wait().await;
         }
         for dir in &self.cgroups {

@@ -136,3 +136,275 @@ async fn a_tool_runs_in_a_persistent_sandbox() {
     );
     let _ = PathBuf::from(s.data.path());
 }
+
+/// Runs `code` and returns what it printed, requiring success.
+async fn probe(s: &Sandbox, principal: PrincipalId, code: &str) -> String {
+    stdout(&s.run(principal, code).await)
+}
+
+const LIBC: &str = "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True)\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_filesystem_is_confined() {
+    let s = sandbox();
+    let (alice, bob) = (PrincipalId::new(), PrincipalId::new());
+    // Something secret on the host, next to where the gateway keeps its database.
+    let secret = s.data.path().join("data/chiron.db");
+    std::fs::write(&secret, "TOP-SECRET-DB").unwrap();
+
+    // Positive controls: own home and /tmp are writable, the tool package is readable.
+    assert_eq!(probe(&s, alice, "import os; open(os.path.expanduser('~/mine'), 'w').write('alice-data'); open('/tmp/t', 'w').write('x'); print(open('/tools/probe/probe.py').read()[:6])").await, "import");
+    // The host's files are simply not there.
+    let code = format!("import os\ntry:\n    open({:?}).read(); print('READ')\nexcept OSError as e: print(type(e).__name__)", secret.display().to_string());
+    assert_eq!(probe(&s, alice, &code).await, "FileNotFoundError");
+    for path in [
+        "/root",
+        "/work",
+        "/var/lib/postgresql",
+        "/home/chiron/../../etc/shadow",
+    ] {
+        let code = format!("import os\nprint(os.path.exists({path:?}))");
+        assert_eq!(probe(&s, alice, &code).await, "False", "{path} is visible");
+    }
+    // Writing outside home and /tmp fails.
+    for path in ["/usr/evil", "/etc/evil", "/evil", "/tools/probe/evil"] {
+        let code = format!("try:\n    open({path:?}, 'w').write('x'); print('WROTE')\nexcept OSError as e: print(e.errno)");
+        let errno: i32 = probe(&s, alice, &code).await.parse().unwrap();
+        assert!(
+            [libc::EROFS, libc::EACCES, libc::EPERM].contains(&errno),
+            "{path}: errno {errno}"
+        );
+    }
+    // Another principal sees its own, empty home.
+    assert_eq!(
+        probe(
+            &s,
+            bob,
+            "import os; print(sorted(os.listdir(os.path.expanduser('~'))))"
+        )
+        .await,
+        "[]"
+    );
+    assert_eq!(
+        probe(
+            &s,
+            alice,
+            "import os; print(sorted(os.listdir(os.path.expanduser('~'))))"
+        )
+        .await,
+        "['mine']"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_environment_and_network_are_private() {
+    let s = sandbox();
+    let alice = PrincipalId::new();
+    // Host processes are invisible: only the sandbox's own few pids exist.
+    let pids = probe(
+        &s,
+        alice,
+        "import os; print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))",
+    )
+    .await;
+    let pids: Vec<u32> = serde_json::from_str(&pids).unwrap();
+    assert!(pids.len() < 10 && pids.contains(&1), "{pids:?}");
+    assert!(!pids.contains(&std::process::id()) || std::process::id() < 10);
+    // The environment is built from scratch.
+    std::env::set_var("CHIRON_TEST_LEAK", "gateway-env");
+    let env = probe(&s, alice, "import os; print(sorted(os.environ))").await;
+    assert!(
+        !env.contains("CHIRON_TEST_LEAK") && !env.contains("CARGO"),
+        "{env}"
+    );
+    assert!(env.contains("HOME") && env.contains("PATH"));
+    // The host's loopback is unreachable; the sandbox's own lo works (positive control).
+    let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = host.local_addr().unwrap().port();
+    let code = format!(
+        "import socket\nown = socket.socket(); own.bind(('127.0.0.1', 0)); own.listen(); c = socket.create_connection(own.getsockname(), timeout=5); print('own-ok')\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=5); print('HOST')\nexcept OSError as e: print(type(e).__name__)"
+    );
+    assert_eq!(
+        probe(&s, alice, &code).await,
+        "own-ok\nConnectionRefusedError"
+    );
+    let interfaces = probe(
+        &s,
+        alice,
+        "import socket; print(sorted(n for _, n in socket.if_nameindex()))",
+    )
+    .await;
+    assert_eq!(interfaces, "['lo']");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_operations_are_refused() {
+    let s = sandbox();
+    let alice = PrincipalId::new();
+    // Positive control: fork works.
+    assert_eq!(probe(&s, alice, "import os\npid = os.fork()\nif pid == 0: os._exit(7)\nprint(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))").await, "7");
+    let attempts = [
+        (
+            "user namespace",
+            "print(libc.unshare(0x10000000), ctypes.get_errno())",
+        ),
+        (
+            "mount",
+            "print(libc.mount(b'tmpfs', b'/tmp', b'tmpfs', 0, None), ctypes.get_errno())",
+        ),
+        (
+            "ptrace",
+            "print(libc.ptrace(0, 0, None, None), ctypes.get_errno())",
+        ),
+        ("setuid root", "print(libc.setuid(0), ctypes.get_errno())"),
+        (
+            "bpf",
+            "print(libc.syscall(321, 0, None, 0), ctypes.get_errno())",
+        ),
+    ];
+    for (what, code) in attempts {
+        let out = probe(&s, alice, &format!("{LIBC}{code}")).await;
+        let (ret, errno) = out.split_once(' ').unwrap();
+        assert_eq!(ret, "-1", "{what} succeeded");
+        assert_eq!(errno.parse::<i32>().unwrap(), libc::EPERM, "{what}: {out}");
+    }
+    // No capabilities at all.
+    let caps = probe(&s, alice, "print([l.split()[1] for l in open('/proc/self/status') if l.startswith(('CapEff', 'CapPrm', 'CapBnd', 'NoNewPrivs'))])").await;
+    assert_eq!(
+        caps,
+        "['0000000000000000', '0000000000000000', '0000000000000000', '1']"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_stop_runaway_tools_and_the_runner_recovers() {
+    if chiron_runner::host::cgroup_version(std::path::Path::new("/sys/fs/cgroup"))
+        == chiron_runner::host::CgroupVersion::None
+    {
+        panic!("these machines have cgroups; limits must be enforced");
+    }
+    let s = sandbox();
+    let alice = PrincipalId::new();
+    // Below the limits: fine (positive controls).
+    assert_eq!(
+        probe(
+            &s,
+            alice,
+            "b = bytearray(64 * 1024 * 1024); print(len(b) // (1024 * 1024))"
+        )
+        .await,
+        "64"
+    );
+    // A fork bomb hits the pids limit.
+    let forks = probe(&s, alice, "import os\nn = 0\ntry:\n    while n < 1000:\n        if os.fork() == 0:\n            import time; time.sleep(30); os._exit(0)\n        n += 1\nexcept BlockingIOError: pass\nprint(n)").await;
+    let forks: u32 = forks.parse().unwrap();
+    assert!(forks < 64, "fork bomb made {forks} processes");
+    // Past the memory limit the tool is killed, not the runner.
+    let hog = s
+        .run(
+            alice,
+            "b = bytearray(1024 * 1024 * 1024); print('survived')",
+        )
+        .await;
+    assert_ne!(
+        hog.exit_code,
+        Some(0),
+        "allocation past the limit succeeded"
+    );
+    let after = s.run(alice, "print('alive')").await;
+    assert_eq!(stdout(&after), "alive");
+    assert_eq!(
+        after.runner_id, hog.runner_id,
+        "the runner itself should survive"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_tool_is_killed_with_its_children() {
+    let s = sandbox();
+    let alice = PrincipalId::new();
+    let hung = s
+        .run_with_timeout(
+            alice,
+            "import os, time\nif os.fork() == 0: time.sleep(600)\ntime.sleep(600)",
+            Duration::from_secs(1),
+        )
+        .await;
+    assert!(hung.timed_out);
+    // The child was in the call's process group and is gone too.
+    let left = probe(
+        &s,
+        alice,
+        "import os; print(sum(1 for p in os.listdir('/proc') if p.isdigit()))",
+    )
+    .await;
+    assert!(left.parse::<u32>().unwrap() <= 3, "processes left: {left}");
+    assert_eq!(probe(&s, alice, "print('next')").await, "next");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_runner_fails_the_call_and_the_next_call_gets_a_new_one() {
+    let s = sandbox();
+    let alice = PrincipalId::new();
+    let first = s.run(alice, "print('up')").await;
+    // Kill the whole sandbox from inside: PID 1 (the agent) cannot be signalled by the tool,
+    // so stop it through the pool while a call is in flight.
+    let pool = s.pool.clone();
+    let slow = tokio::spawn({
+        let s_pool = pool.clone();
+        let package = s.package.clone();
+        async move {
+            s_pool
+                .run_command(CommandCall {
+                    principal: alice,
+                    package,
+                    tool: "probe".into(),
+                    arguments: serde_json::json!({"code": "import time; print('started', flush=True); time.sleep(60)"}),
+                    timeout: Duration::from_secs(120),
+                    call_id: "slow".into(),
+                })
+                .await
+        }
+    });
+    // Wait until the call is running inside the runner.
+    while pool.list().first().map(|r| r.running) != Some(1) {
+        tokio::task::yield_now().await;
+    }
+    assert!(pool.stop(alice).await);
+    let failed = slow.await.unwrap();
+    assert!(
+        matches!(failed, Err(chiron_runner::RunnerError::Exited(_))),
+        "{failed:?}"
+    );
+    let next = s.run(alice, "print('again')").await;
+    assert_eq!(stdout(&next), "again");
+    assert_ne!(next.runner_id, first.runner_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_pool_leaves_no_process_behind() {
+    let s = sandbox();
+    let alice = PrincipalId::new();
+    assert_eq!(probe(&s, alice, "print('up')").await, "up");
+    let runner = s.pool.list()[0].runner_id.clone();
+    let cgroup = PathBuf::from("/sys/fs/cgroup/pids/chiron").join(&runner);
+    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap();
+    let pids: Vec<i32> = procs
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert!(!pids.is_empty());
+    drop(s);
+    // Every process of the sandbox is gone once the pool (and its runners) are dropped.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while pids
+        .iter()
+        .any(|pid| PathBuf::from(format!("/proc/{pid}")).exists())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sandbox processes survived: {pids:?}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
