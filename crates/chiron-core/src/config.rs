@@ -25,6 +25,8 @@ pub struct Config {
     pub mcp: McpConfig,
     /// Tool packages.
     pub tools: ToolsConfig,
+    /// Per-principal runners.
+    pub runner: RunnerConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -180,6 +182,38 @@ pub struct ToolsConfig {
     pub dirs: Vec<PathBuf>,
 }
 
+/// `[runner]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunnerConfig {
+    /// A runner unused this long is stopped.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Live runners on this node at most; the least recently used idle one makes room.
+    pub max_runners: usize,
+    /// Calls running at once in one runner.
+    pub max_concurrent_calls: usize,
+    /// Calls waiting in one runner before new ones are refused.
+    pub max_queued_calls: usize,
+    /// Memory limit per runner in MiB (cgroups, where the host allows).
+    pub memory_mib: u64,
+    /// Process limit per runner (cgroups, where the host allows).
+    pub max_processes: u64,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(15 * 60),
+            max_runners: 64,
+            max_concurrent_calls: 4,
+            max_queued_calls: 16,
+            memory_mib: 512,
+            max_processes: 128,
+        }
+    }
+}
+
 /// `[log]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -266,6 +300,9 @@ impl Config {
         }
         if self.mcp.calls_per_minute == 0 || self.mcp.call_burst == 0 {
             return bad("mcp.calls_per_minute", "rate limits must be at least 1");
+        }
+        if self.runner.max_runners == 0 || self.runner.max_concurrent_calls == 0 {
+            return bad("runner.max_runners", "runner limits must be at least 1");
         }
         if self.auth.cache_ttl > Duration::from_secs(10) {
             return bad(

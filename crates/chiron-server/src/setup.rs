@@ -44,7 +44,9 @@ pub enum SetupError {
     Auth(#[from] chiron_auth::AuthError),
 }
 
-/// Creates the data directory (mode 0700) when the database lives in it.
+/// Creates the data directory. Its mode is 0711: sandboxes run as unprivileged host ids and
+/// must pass through it to their homes, but nobody else may list it, and the files holding
+/// state (the SQLite database and its journals) are 0600.
 pub fn prepare_data_dir(config: &Config) -> Result<(), SetupError> {
     let dir = &config.server.data_dir;
     fs::create_dir_all(dir).map_err(|source| SetupError::DataDir {
@@ -54,9 +56,19 @@ pub fn prepare_data_dir(config: &Config) -> Result<(), SetupError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o711));
     }
     Ok(())
+}
+
+/// Makes the SQLite database file private (0600); SQLite gives its journals the same mode.
+fn protect_database(config: &Config) {
+    #[cfg(unix)]
+    if config.database.url.is_empty() {
+        use std::os::unix::fs::PermissionsExt;
+        let file = config.server.data_dir.join("chiron.db");
+        let _ = fs::set_permissions(file, fs::Permissions::from_mode(0o600));
+    }
 }
 
 /// Connection options from the `[database]` section.
@@ -73,7 +85,9 @@ pub async fn open_store(config: &Config) -> Result<Store, SetupError> {
     if config.database.url.is_empty() {
         prepare_data_dir(config)?;
     }
-    Ok(Store::open(&connect_options(config)).await?)
+    let store = Store::open(&connect_options(config)).await?;
+    protect_database(config);
+    Ok(store)
 }
 
 /// The auth service for this configuration.
@@ -165,4 +179,97 @@ pub async fn demo_token(auth: &AuthService) -> Result<IssuedToken, SetupError> {
         })
         .await?;
     Ok(issued)
+}
+
+/// What runs tools: the loaded packages, the runner pool and the catalog over both.
+pub struct ToolRuntime {
+    /// Grant-filtered tools from the loaded packages; hand it to [`crate::AppState::with_catalog`].
+    pub catalog: std::sync::Arc<chiron_mcp::PackageCatalog>,
+    /// One sandboxed runner per principal.
+    pub pool: std::sync::Arc<chiron_runner::RunnerPool>,
+    /// What loading the packages found (including skipped, broken packages).
+    pub report: chiron_tools::LoadReport,
+}
+
+/// The tool directories in force: `tools.dirs`, or `./tools` when none are configured and it
+/// exists (running from a checkout).
+pub fn tool_dirs(config: &Config) -> Vec<std::path::PathBuf> {
+    if !config.tools.dirs.is_empty() {
+        return config.tools.dirs.clone();
+    }
+    let local = std::path::PathBuf::from("tools");
+    if local.is_dir() {
+        vec![local]
+    } else {
+        Vec::new()
+    }
+}
+
+/// Loads the packages and builds the local sandbox backend, the runner pool and the catalog.
+/// `agent` is the command that runs `chiron runner-agent` (normally the running binary).
+pub fn tool_runtime(config: &Config, store: Store, agent: Vec<String>) -> ToolRuntime {
+    use std::sync::Arc;
+    let dirs = tool_dirs(config);
+    let report = chiron_tools::load_packages(&dirs);
+    let tools = report
+        .packages
+        .values()
+        .map(|p| {
+            (
+                p.name.clone(),
+                fs::canonicalize(&p.dir).unwrap_or_else(|_| p.dir.clone()),
+            )
+        })
+        .collect();
+    let backend = chiron_runner::local::LocalBackend::new(chiron_runner::local::LocalConfig {
+        agent,
+        data_dir: fs::canonicalize(&config.server.data_dir)
+            .unwrap_or_else(|_| config.server.data_dir.clone()),
+        tools,
+        memory_limit: config.runner.memory_mib * 1024 * 1024,
+        pids_limit: config.runner.max_processes,
+    });
+    let cleaned = backend.clean_leftovers();
+    if cleaned > 0 {
+        tracing::info!(count = cleaned, "removed leftovers of earlier runners");
+    }
+    let pool = Arc::new(chiron_runner::RunnerPool::new(
+        Arc::new(backend),
+        chiron_runner::PoolConfig {
+            idle_timeout: config.runner.idle_timeout,
+            max_runners: config.runner.max_runners,
+            max_concurrent: config.runner.max_concurrent_calls,
+            max_queued: config.runner.max_queued_calls,
+        },
+    ));
+    let catalog = Arc::new(chiron_mcp::PackageCatalog::new(
+        store,
+        pool.clone(),
+        &report,
+    ));
+    ToolRuntime {
+        catalog,
+        pool,
+        report,
+    }
+}
+
+/// Grants `package` to the demo principal (idempotent).
+pub async fn grant_to_demo(store: &Store, package: &str) -> Result<(), SetupError> {
+    let (demo, _) = local_principal(store, "demo").await?;
+    let audit = chiron_core::NewAuditEvent {
+        actor: Actor::system("demo"),
+        action: "grant.add".into(),
+        target_kind: "package".into(),
+        target_id: package.into(),
+        detail: serde_json::json!({ "subject": "principal demo" }),
+    };
+    store
+        .add_grant(
+            package,
+            chiron_store::grants::GrantSubject::Principal(demo.id),
+            audit,
+        )
+        .await?;
+    Ok(())
 }

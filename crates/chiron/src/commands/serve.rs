@@ -13,8 +13,24 @@ pub async fn run(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
         .await
         .context("opening storage")?;
     let auth = setup::auth_service(&config, store.clone())?;
+    let agent = std::env::current_exe().context("locating the chiron binary for runner agents")?;
+    let agent = vec![agent.display().to_string(), "runner-agent".into()];
+    let tools = setup::tool_runtime(&config, store.clone(), agent);
+    for err in &tools.report.errors {
+        tracing::warn!(error = %err, "tool package skipped");
+    }
+    tracing::info!(
+        packages = tools.report.packages.len(),
+        tools = tools.report.tools.len(),
+        "tool packages loaded"
+    );
     let mut handover = None;
     if demo {
+        if tools.report.packages.contains_key("echo") {
+            setup::grant_to_demo(&store, "echo")
+                .await
+                .context("granting echo to the demo principal")?;
+        }
         let admin = setup::bootstrap_admin(&auth, CreatedVia::Demo)
             .await
             .context("creating the admin")?;
@@ -46,8 +62,10 @@ pub async fn run(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
     let background = CancellationToken::new();
     let flusher = auth.spawn_usage_flusher(Duration::from_secs(5), background.clone());
     let grace = config.server.shutdown_grace;
-    let state = AppState::new(config, store.clone(), auth);
+    let state = AppState::with_catalog(config, store.clone(), auth, tools.catalog.clone());
     let reaper = state.mcp.spawn_reaper(background.clone());
+    // Stops idle runners while serving and every runner at shutdown.
+    let runners = tools.pool.spawn_reaper(background.clone());
     let stop_sessions = state.shutdown.clone();
     let on_signal = async move {
         shutdown.await;
@@ -59,6 +77,7 @@ pub async fn run(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
     background.cancel();
     let _ = flusher.await;
     let _ = reaper.await;
+    let _ = runners.await;
     store.close().await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)

@@ -126,3 +126,134 @@ fn the_demo_handover_connects_verbatim() {
     )));
     drop(server);
 }
+
+#[test]
+fn granted_package_tools_run_in_the_principals_sandbox() {
+    let mut chiron = Chiron::new();
+    // A package that reports the pid namespace it runs in, beside the shipped echo.
+    let probe_dir = chiron.dir.path().join("pkgs/nsprobe");
+    std::fs::create_dir_all(&probe_dir).unwrap();
+    std::fs::write(
+        probe_dir.join("chiron-tool.toml"),
+        "name = \"nsprobe\"\nversion = \"1\"\nkind = \"command\"\ncommand = [\"python3\", \"probe.py\"]\n\n[[tools]]\nname = \"pidns\"\ninput_schema = { type = \"object\" }\n",
+    )
+    .unwrap();
+    std::fs::write(probe_dir.join("probe.py"), "import json, os\nprint(json.dumps({'pidns': os.readlink('/proc/self/ns/pid'), 'pid': os.getpid()}))\n").unwrap();
+    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tools")
+        .canonicalize()
+        .unwrap();
+    let pkgs = chiron.dir.path().join("pkgs").canonicalize().unwrap();
+    chiron.set_env(
+        "CHIRON_TOOLS__DIRS",
+        &format!("[\"{}\", \"{}\"]", shipped.display(), pkgs.display()),
+    );
+
+    chiron.ok(&["principal", "add", "alice"]);
+    chiron.ok(&["principal", "add", "bob"]);
+    chiron.ok(&["grant", "add", "echo", "--principal", "alice"]);
+    chiron.ok(&["grant", "add", "nsprobe", "--principal", "alice"]);
+    let alice = chiron
+        .ok(&["token", "issue", "--principal", "alice"])
+        .trim()
+        .to_owned();
+    let bob = chiron
+        .ok(&["token", "issue", "--principal", "bob"])
+        .trim()
+        .to_owned();
+    let server = chiron.serve(&["serve"]);
+    let url = format!("{}/mcp", chiron.base());
+
+    let results = probe(
+        &url,
+        bearer(&alice),
+        "legacy",
+        json!([
+            {"op": "list"},
+            {"op": "call", "name": "echo_echo", "arguments": {"text": "hi"}},
+            {"op": "call", "name": "echo_echo", "arguments": {"text": 7}},
+            {"op": "call", "name": "nsprobe_pidns"},
+        ]),
+    );
+    assert_eq!(
+        results[0]["tools"],
+        json!(["whoami", "echo_echo", "nsprobe_pidns"])
+    );
+    assert_eq!(
+        results[1]["structuredContent"]["arguments"],
+        json!({"text": "hi"}),
+        "{results:?}"
+    );
+    assert_eq!(results[2]["isError"], true);
+    assert!(results[2]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .contains("/text"));
+    let gateway_ns = std::fs::read_link("/proc/self/ns/pid").unwrap();
+    let tool_ns = results[3]["structuredContent"]["pidns"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(
+        tool_ns,
+        gateway_ns.to_string_lossy(),
+        "the tool ran in the gateway's pid namespace"
+    );
+    assert!(results[3]["structuredContent"]["pid"].as_u64().unwrap() < 100);
+
+    // Bob sees only whoami, and alice's tool looks exactly like a made-up one.
+    let results = probe(
+        &url,
+        bearer(&bob),
+        "2026-07-28",
+        json!([
+            {"op": "list"},
+            {"op": "call", "name": "echo_echo", "arguments": {"text": "hi"}},
+            {"op": "call", "name": "echo_nothing", "arguments": {"text": "hi"}},
+        ]),
+    );
+    assert_eq!(results[0]["tools"], json!(["whoami"]));
+    let hidden = results[1]["error"]
+        .as_str()
+        .unwrap()
+        .replace("echo_echo", "X");
+    let missing = results[2]["error"]
+        .as_str()
+        .unwrap()
+        .replace("echo_nothing", "X");
+    assert_eq!(hidden, missing);
+
+    let (code, _) = server.terminate();
+    assert_eq!(code, Some(0));
+    // Every call was audited; echo is safe to log, nsprobe is not.
+    let audit = chiron.ok(&["audit", "search", "--json", "--limit", "20"]);
+    let calls: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(calls.len(), 5, "{audit}");
+    // Newest first in the audit; oldest first here.
+    let outcomes: Vec<&str> = calls
+        .iter()
+        .rev()
+        .map(|c| c["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            "ok",
+            "invalid_arguments",
+            "ok",
+            "unknown_tool",
+            "unknown_tool"
+        ]
+    );
+    assert!(calls
+        .iter()
+        .filter(|c| c["tool"] == "echo_echo" && c["outcome"] == "ok")
+        .all(|c| c["arg_values"] == r#"{"text":"hi"}"#));
+    assert!(calls
+        .iter()
+        .filter(|c| c["tool"] == "nsprobe_pidns")
+        .all(|c| c["arg_values"].is_null()));
+}

@@ -24,8 +24,12 @@ pub fn free_port() -> u16 {
 impl Chiron {
     /// A fresh working directory with no configuration at all.
     pub fn bare() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        // Sandboxes run as unprivileged host ids that must pass through to their homes.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
         Self {
-            dir: tempfile::tempdir().unwrap(),
+            dir,
             port: 8787,
             env: Vec::new(),
             logs: String::new(),
