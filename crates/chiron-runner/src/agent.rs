@@ -10,6 +10,9 @@
 //!    filter, and only then serves requests. Every tool process is its child and inherits all
 //!    of it; nothing ever joins the sandbox from outside.
 //!
+//! Set `CHIRON_AGENT_TRACE=1` in the gateway's environment to have each stage report on stderr
+//! (relayed to the gateway's log).
+//!
 //! Protocol: one JSON object per line. Requests `{"id", "ping": {}}` or
 //! `{"id", "run": {argv, cwd, env, stdin, timeout_ms}}`; responses `{"id", "pong": true}` or
 //! `{"id", "exit_code", "signal", "stdout", "stderr_tail", "timed_out"}`.

@@ -437,19 +437,13 @@ impl Runner for LocalRunner {
             }),
         };
         let response = self.request(request).await?;
-        let mut stderr_tail = response.stderr_tail;
-        if let Some(error) = response.error {
-            stderr_tail = error;
-        }
+        // A process that could not be started reports like a shell does: status 127.
+        let (exit_code, stderr_tail) = match response.error {
+            Some(error) => (Some(127), error),
+            None => (response.exit_code, response.stderr_tail),
+        };
         Ok(CommandOutcome {
-            exit_code: response
-                .exit_code
-                .or(if stderr_tail.is_empty() {
-                    None
-                } else {
-                    Some(127)
-                })
-                .filter(|_| response.signal.is_none()),
+            exit_code,
             stdout: response.stdout.into_bytes(),
             stderr_tail,
             timed_out: response.timed_out,

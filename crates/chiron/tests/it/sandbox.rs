@@ -408,3 +408,30 @@ async fn dropping_the_pool_leaves_no_process_behind() {
         tokio::task::yield_now().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_that_cannot_start_is_reported() {
+    let s = sandbox();
+    let alice = PrincipalId::new();
+    let mut package = (*s.package).clone();
+    package.command = vec!["no-such-program".into()];
+    let outcome = s
+        .pool
+        .run_command(CommandCall {
+            principal: alice,
+            package: Arc::new(package),
+            tool: "x".into(),
+            arguments: serde_json::json!({}),
+            timeout: Duration::from_secs(5),
+            call_id: "c".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(outcome.exit_code, Some(127));
+    assert!(
+        outcome.stderr_tail.contains("no-such-program"),
+        "{}",
+        outcome.stderr_tail
+    );
+    assert_eq!(probe(&s, alice, "print('still fine')").await, "still fine");
+}
