@@ -257,3 +257,83 @@ fn granted_package_tools_run_in_the_principals_sandbox() {
         .filter(|c| c["tool"] == "nsprobe_pidns")
         .all(|c| c["arg_values"].is_null()));
 }
+
+/// The host pids of every running `chiron runner-agent` whose command line mentions `marker`.
+fn agents_with(marker: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.contains("runner-agent") && c.contains(marker)
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[test]
+fn no_runner_survives_a_killed_gateway() {
+    let mut chiron = Chiron::new();
+    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tools")
+        .canonicalize()
+        .unwrap();
+    chiron.set_env(
+        "CHIRON_TOOLS__DIRS",
+        &format!("[\"{}\"]", shipped.display()),
+    );
+    chiron.ok(&["principal", "add", "alice"]);
+    chiron.ok(&["grant", "add", "echo", "--principal", "alice"]);
+    let alice = chiron
+        .ok(&["token", "issue", "--principal", "alice"])
+        .trim()
+        .to_owned();
+    let mut server = chiron.serve(&["serve"]);
+    let url = format!("{}/mcp", chiron.base());
+    let results = probe(
+        &url,
+        bearer(&alice),
+        "legacy",
+        json!([{"op": "call", "name": "echo_echo", "arguments": {"text": "x"}}]),
+    );
+    assert_eq!(results[0]["isError"], false, "{results:?}");
+    // The runner's spec names this test's data directory.
+    let marker = chiron.dir.path().to_string_lossy().into_owned();
+    assert!(!agents_with(&marker).is_empty(), "no runner is running");
+
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGKILL) };
+    server.child.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !agents_with(&marker).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "runner agents survived the gateway: {:?}",
+            agents_with(&marker)
+        );
+        std::thread::yield_now();
+    }
+    // A restarted gateway serves again with a new runner.
+    drop(server);
+    let server = chiron.serve(&["serve"]);
+    let results = probe(
+        &url,
+        bearer(&alice),
+        "legacy",
+        json!([{"op": "call", "name": "echo_echo", "arguments": {"text": "y"}}]),
+    );
+    assert_eq!(
+        results[0]["structuredContent"]["arguments"]["text"], "y",
+        "{results:?}"
+    );
+    let (code, _) = server.terminate();
+    assert_eq!(code, Some(0));
+    assert!(
+        agents_with(&marker).is_empty(),
+        "a graceful stop left runners behind"
+    );
+}
