@@ -540,16 +540,23 @@ fn install_seccomp() {
 
 type Pending = Arc<Mutex<HashMap<i32, mpsc::Sender<i32>>>>;
 
+/// Wakes the reaper when a child is started. The counter is the spawn generation, so a spawn
+/// that happens between the reaper's `ECHILD` and its wait is never missed.
+type Spawned = Arc<(Mutex<u64>, std::sync::Condvar)>;
+
 /// Reaps every child: ours are reported to their waiting call, orphans that were re-parented
 /// to PID 1 are simply collected so no zombie remains.
-fn reaper(pending: Pending) {
+fn reaper(pending: Pending, spawned: Spawned) {
+    let (generation, wake) = &*spawned;
     loop {
+        let seen = *generation.lock().expect("invariant: spawn lock");
         let mut status = 0;
         // SAFETY: waiting for any child of this process.
         let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
         if pid < 0 {
-            // No children right now: look again shortly.
-            std::thread::sleep(Duration::from_millis(20));
+            // No children: sleep until the next spawn.
+            let guard = generation.lock().expect("invariant: spawn lock");
+            let _unused = wake.wait_while(guard, |current| *current == seen);
             continue;
         }
         if let Some(tx) = pending
@@ -592,7 +599,7 @@ fn read_tail(mut reader: impl Read, limit: usize) -> Vec<u8> {
     }
 }
 
-fn run_one(id: u64, run: RunRequest, pending: &Pending) -> Response {
+fn run_one(id: u64, run: RunRequest, pending: &Pending, spawned: &Spawned) -> Response {
     let mut response = Response {
         id,
         ..Default::default()
@@ -624,6 +631,11 @@ fn run_one(id: u64, run: RunRequest, pending: &Pending) -> Response {
     let pid = child.id() as i32;
     guard.insert(pid, tx);
     drop(guard);
+    {
+        let (generation, wake) = &**spawned;
+        *generation.lock().expect("invariant: spawn lock") += 1;
+        wake.notify_one();
+    }
 
     let stdin = child.stdin.take();
     let input = run.stdin;
@@ -672,8 +684,9 @@ fn run_one(id: u64, run: RunRequest, pending: &Pending) -> Response {
 
 fn serve() -> ! {
     let pending: Pending = Arc::default();
-    let reaper_pending = pending.clone();
-    std::thread::spawn(move || reaper(reaper_pending));
+    let spawned: Spawned = Arc::default();
+    let (reaper_pending, reaper_spawned) = (pending.clone(), spawned.clone());
+    std::thread::spawn(move || reaper(reaper_pending, reaper_spawned));
     let out = Arc::new(Mutex::new(std::io::stdout()));
     let reply = move |response: &Response| {
         let mut line = serde_json::to_vec(response).unwrap_or_default();
@@ -701,8 +714,8 @@ fn serve() -> ! {
             continue;
         }
         if let Some(run) = request.run {
-            let (pending, reply) = (pending.clone(), reply.clone());
-            std::thread::spawn(move || reply(&run_one(request.id, run, &pending)));
+            let (pending, spawned, reply) = (pending.clone(), spawned.clone(), reply.clone());
+            std::thread::spawn(move || reply(&run_one(request.id, run, &pending, &spawned)));
         }
     }
     // The gateway closed our stdin: stop everything (PID 1 exiting ends the namespace).

@@ -1,0 +1,168 @@
+//! Runner costs, measured in one run on the same machine with the same sandbox configuration:
+//! a warm `command` tool call through the runner pool vs plain exec of the same program on the
+//! host vs a fresh sandbox per call; runner cold start; idle runner memory (RSS and PSS of the
+//! sandbox's processes).
+//!
+//! Run: `cargo bench -p chiron --bench runner` (as root). `CHIRON_BENCH_CALLS` sets the number of
+//! calls per measurement (default 300).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chiron_core::PrincipalId;
+use chiron_runner::local::{LocalBackend, LocalConfig};
+use chiron_runner::{CommandCall, PoolConfig, RunnerBackend, RunnerPool, ToolRunner};
+use chiron_tools::{PackageKind, ToolPackage};
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    samples[((samples.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn report(label: &str, samples: &mut [Duration]) -> Duration {
+    let p50 = percentile(samples, 0.5);
+    let p99 = percentile(samples, 0.99);
+    println!(
+        "{label:<44} p50 {:>9.3} ms   p99 {:>9.3} ms",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3
+    );
+    p50
+}
+
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("Rss:"), field("Pss:"))
+}
+
+fn main() {
+    let calls: usize = std::env::var("CHIRON_BENCH_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let data = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let tools = data.path().join("tools/native");
+    std::fs::create_dir_all(&tools).unwrap();
+    let package = Arc::new(ToolPackage {
+        dir: tools.clone(),
+        name: "native".into(),
+        version: "1".into(),
+        description: String::new(),
+        kind: PackageKind::Command,
+        command: vec!["true".into()],
+        env: Default::default(),
+        source: None,
+        tools: vec![],
+        egress: vec![],
+    });
+    let config = LocalConfig {
+        agent: vec![env!("CARGO_BIN_EXE_chiron").into(), "runner-agent".into()],
+        data_dir: data.path().join("data"),
+        tools: BTreeMap::from([("native".to_owned(), tools)]),
+        memory_limit: 512 * 1024 * 1024,
+        pids_limit: 128,
+    };
+    std::fs::create_dir_all(&config.data_dir).unwrap();
+    std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let call = |principal| CommandCall {
+        principal,
+        package: package.clone(),
+        tool: "true".into(),
+        arguments: serde_json::json!({}),
+        timeout: Duration::from_secs(10),
+        call_id: "bench".into(),
+    };
+
+    println!("runner benchmark: {calls} calls per row, /bin/true as the tool");
+    // Baseline: plain exec on the host.
+    let mut host = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let started = Instant::now();
+        let status = std::process::Command::new("true").status().unwrap();
+        host.push(started.elapsed());
+        assert!(status.success());
+    }
+    let host_p50 = report("plain exec on the host", &mut host);
+
+    runtime.block_on(async {
+        // Warm runner through the pool.
+        let pool = RunnerPool::new(
+            Arc::new(LocalBackend::new(config.clone())),
+            PoolConfig::default(),
+        );
+        let alice = PrincipalId::new();
+        pool.run_command(call(alice)).await.unwrap();
+        let mut warm = Vec::with_capacity(calls);
+        for _ in 0..calls {
+            let started = Instant::now();
+            let outcome = pool.run_command(call(alice)).await.unwrap();
+            warm.push(started.elapsed());
+            assert_eq!(outcome.exit_code, Some(0));
+        }
+        let warm_p50 = report("warm runner (pool → agent → exec)", &mut warm);
+
+        // Idle memory of the warm runner: every process in its pids cgroup.
+        let runner_id = pool.list()[0].runner_id.clone();
+        let procs = std::fs::read_to_string(format!(
+            "/sys/fs/cgroup/pids/chiron/{runner_id}/cgroup.procs"
+        ))
+        .unwrap_or_default();
+        let (mut rss, mut pss) = (0, 0);
+        let mut count = 0;
+        for pid in procs
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+        {
+            let (r, p) = memory_kib(pid);
+            rss += r;
+            pss += p;
+            count += 1;
+        }
+        println!(
+            "idle runner memory ({count} processes)            RSS {:.1} MiB   PSS {:.1} MiB",
+            rss as f64 / 1024.0,
+            pss as f64 / 1024.0
+        );
+        pool.stop_all().await;
+
+        // Fresh sandbox per call (the slow path persistent runners avoid), which also gives the
+        // cold start: sandbox up and the agent answering its ping.
+        let backend = LocalBackend::new(config.clone());
+        let fresh_calls = (calls / 3).max(20);
+        let (mut fresh, mut cold) = (Vec::new(), Vec::new());
+        for _ in 0..fresh_calls {
+            let started = Instant::now();
+            let runner = backend.start(PrincipalId::new()).await.unwrap();
+            cold.push(started.elapsed());
+            runner.run_command(call(alice)).await.unwrap();
+            fresh.push(started.elapsed());
+            runner.stop().await;
+        }
+        report("runner cold start (sandbox up, agent answers)", &mut cold);
+        let fresh_p50 = report("fresh sandbox per call", &mut fresh);
+        println!();
+        println!(
+            "added over plain exec (p50):   {:.3} ms",
+            (warm_p50.as_secs_f64() - host_p50.as_secs_f64()) * 1e3
+        );
+        println!(
+            "fresh sandbox / warm runner:   {:.1}x",
+            fresh_p50.as_secs_f64() / warm_p50.as_secs_f64()
+        );
+    });
+}
