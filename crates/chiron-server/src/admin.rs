@@ -52,6 +52,8 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/audit", get(list_audit))
         .route("/calls", get(list_calls))
+        .route("/runners", get(list_runners))
+        .route("/runners/{principal}/stop", post(stop_runner))
 }
 
 /// A JSON body whose rejection is an [`ApiError`] with the stable error shape.
@@ -501,4 +503,30 @@ async fn list_calls(
     Ok(Json(
         json!({ "calls": state.store.list_tool_calls(&filter).await? }),
     ))
+}
+
+async fn list_runners(
+    _: AdminAuth,
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
+    let runners = state
+        .runners
+        .as_ref()
+        .map(|pool| pool.list())
+        .unwrap_or_default();
+    Ok(Json(json!({ "runners": runners })))
+}
+
+async fn stop_runner(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path(principal): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let principal: PrincipalId = parse_id(&principal, "runner")?;
+    let pool = state.runners.as_ref().ok_or(ApiError::NotFound("runner"))?;
+    if pool.stop(principal).await {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("runner"))
+    }
 }

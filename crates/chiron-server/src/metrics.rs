@@ -12,6 +12,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -36,6 +37,12 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
+    runners_active: Gauge,
+    runners_busy_calls: Gauge,
+    runners_queued_calls: Gauge,
+    runner_starts: Gauge,
+    runner_crashes: Gauge,
+    runner_reaps: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -61,11 +68,70 @@ impl Metrics {
             "HTTP request latency by route",
             latency.clone(),
         );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let gauge = Gauge::default();
+            registry.register(name, help, gauge.clone());
+            gauge
+        };
+        let runners_active = gauge(
+            &mut registry,
+            "runners_active",
+            "Live per-principal runners",
+        );
+        let runners_busy_calls = gauge(
+            &mut registry,
+            "runner_calls_running",
+            "Tool calls running in runners",
+        );
+        let runners_queued_calls = gauge(
+            &mut registry,
+            "runner_calls_queued",
+            "Tool calls waiting for a runner slot",
+        );
+        let runner_starts = gauge(
+            &mut registry,
+            "runner_starts",
+            "Runners started since the gateway started",
+        );
+        let runner_crashes = gauge(
+            &mut registry,
+            "runner_crashes",
+            "Runners found dead since the gateway started",
+        );
+        let runner_reaps = gauge(
+            &mut registry,
+            "runner_reaps",
+            "Runners stopped for idleness or to make room",
+        );
         Self {
             registry,
             requests,
             latency,
+            runners_active,
+            runners_busy_calls,
+            runners_queued_calls,
+            runner_starts,
+            runner_crashes,
+            runner_reaps,
         }
+    }
+
+    /// Copies the runner pool's state into the gauges (done at scrape time).
+    pub fn observe_runners(&self, pool: &chiron_runner::RunnerPool) {
+        use std::sync::atomic::Ordering;
+        let list = pool.list();
+        self.runners_active.set(list.len() as i64);
+        self.runners_busy_calls
+            .set(list.iter().map(|r| r.running as i64).sum());
+        self.runners_queued_calls
+            .set(list.iter().map(|r| r.queued as i64).sum());
+        let stats = pool.stats();
+        self.runner_starts
+            .set(stats.created.load(Ordering::Relaxed) as i64);
+        self.runner_crashes
+            .set(stats.crashed.load(Ordering::Relaxed) as i64);
+        self.runner_reaps
+            .set(stats.reaped.load(Ordering::Relaxed) as i64);
     }
 
     /// Records one finished request.
@@ -118,6 +184,9 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
 
 /// `GET /metrics`.
 pub async fn handler(State(state): State<AppState>) -> impl IntoResponse {
+    if let Some(pool) = &state.runners {
+        state.metrics.observe_runners(pool);
+    }
     (
         [(
             CONTENT_TYPE,

@@ -25,6 +25,8 @@ pub struct AppState {
     pub mcp: McpEndpoint,
     /// The tools beyond the built-ins; told when grants change.
     pub catalog: Arc<dyn ToolCatalog>,
+    /// The per-principal runners, when this server runs tools.
+    pub runners: Option<Arc<chiron_runner::RunnerPool>>,
     /// Cancelled when the server shuts down: ends MCP sessions and their streams so draining
     /// does not wait on long-lived SSE connections.
     pub shutdown: CancellationToken,
@@ -39,6 +41,12 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
+    /// The same state with the runner pool that serves its catalog's tools.
+    pub fn with_runners(mut self, runners: Arc<chiron_runner::RunnerPool>) -> Self {
+        self.runners = Some(runners);
+        self
+    }
+
     /// Builds the state with no tool catalog beyond the built-in tools.
     pub fn new(config: Config, store: Store, auth: AuthService) -> Self {
         Self::with_catalog(config, store, auth, Arc::new(EmptyCatalog))
@@ -60,6 +68,7 @@ impl AppState {
             metrics: Arc::new(Metrics::new()),
             mcp,
             catalog,
+            runners: None,
             shutdown,
         }
     }

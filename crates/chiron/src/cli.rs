@@ -81,11 +81,26 @@ pub enum Command {
     /// Read the audit log: administrative events and tool calls.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// See and stop the per-principal runners of a running server (uses its admin API with the
+    /// token in CHIRON_ADMIN_TOKEN).
+    #[command(subcommand)]
+    Runner(RunnerCommand),
     /// Internal: the process inside a runner sandbox (started by the gateway, never by hand).
     #[command(hide = true)]
     RunnerAgent {
         /// The sandbox description, as JSON.
         spec: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunnerCommand {
+    /// List live runners.
+    List,
+    /// Stop a principal's runner (the next call starts a new one).
+    Stop {
+        /// Principal id or exact display name.
+        principal: String,
     },
 }
 

@@ -4,6 +4,7 @@
 mod audit;
 mod doctor;
 mod manage;
+mod runner;
 mod serve;
 mod tool;
 
@@ -30,6 +31,7 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Tool(cmd) => tool::run(config, cmd),
         Command::Grant(cmd) => manage::grant(config, cmd).await,
         Command::Audit(cmd) => audit::run(config, cmd).await,
+        Command::Runner(cmd) => runner::run(config, cmd).await,
     }
 }
 

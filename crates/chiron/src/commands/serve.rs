@@ -62,7 +62,8 @@ pub async fn run(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
     let background = CancellationToken::new();
     let flusher = auth.spawn_usage_flusher(Duration::from_secs(5), background.clone());
     let grace = config.server.shutdown_grace;
-    let state = AppState::with_catalog(config, store.clone(), auth, tools.catalog.clone());
+    let state = AppState::with_catalog(config, store.clone(), auth, tools.catalog.clone())
+        .with_runners(tools.pool.clone());
     let reaper = state.mcp.spawn_reaper(background.clone());
     // Stops idle runners while serving and every runner at shutdown.
     let runners = tools.pool.spawn_reaper(background.clone());

@@ -286,6 +286,12 @@ fn no_runner_survives_a_killed_gateway() {
         "CHIRON_TOOLS__DIRS",
         &format!("[\"{}\"]", shipped.display()),
     );
+    let init = chiron.ok(&["init"]);
+    let admin = init
+        .split_whitespace()
+        .find(|w| w.starts_with("chi_"))
+        .unwrap()
+        .to_owned();
     chiron.ok(&["principal", "add", "alice"]);
     chiron.ok(&["grant", "add", "echo", "--principal", "alice"]);
     let alice = chiron
@@ -330,10 +336,26 @@ fn no_runner_survives_a_killed_gateway() {
         results[0]["structuredContent"]["arguments"]["text"], "y",
         "{results:?}"
     );
+
+    // Operators see it and can stop it.
+    chiron.set_env("CHIRON_ADMIN_TOKEN", &admin);
+    let listed = chiron.ok(&["runner", "list"]);
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    let metrics = http_get(&format!("{}/metrics", chiron.base()));
+    assert!(metrics.contains("chiron_runners_active 1"), "{metrics}");
+    assert!(chiron.ok(&["runner", "stop", "alice"]).contains("stopped"));
+    assert_eq!(chiron.ok(&["runner", "list"]).lines().count(), 1);
+    assert!(!chiron.run(&["runner", "stop", "alice"]).status.success());
     let (code, _) = server.terminate();
     assert_eq!(code, Some(0));
     assert!(
         agents_with(&marker).is_empty(),
         "a graceful stop left runners behind"
     );
+}
+
+/// A plain GET from synchronous test code.
+fn http_get(url: &str) -> String {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async { reqwest::get(url).await.unwrap().text().await.unwrap() })
 }
