@@ -198,6 +198,8 @@ async fn the_filesystem_is_confined() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processes_environment_and_network_are_private() {
+    // Set before the sandbox starts, so the runner would inherit it if anything leaked.
+    std::env::set_var("CHIRON_TEST_LEAK", "gateway-env");
     let s = sandbox();
     let alice = PrincipalId::new();
     // Host processes are invisible: only the sandbox's own few pids exist.
@@ -211,7 +213,6 @@ async fn processes_environment_and_network_are_private() {
     assert!(pids.len() < 10 && pids.contains(&1), "{pids:?}");
     assert!(!pids.contains(&std::process::id()) || std::process::id() < 10);
     // The environment is built from scratch.
-    std::env::set_var("CHIRON_TEST_LEAK", "gateway-env");
     let env = probe(&s, alice, "import os; print(sorted(os.environ))").await;
     assert!(
         !env.contains("CHIRON_TEST_LEAK") && !env.contains("CARGO"),
