@@ -2,7 +2,9 @@
 //! `chiron runner-agent <spec>`) in new user, mount, network, IPC, UTS and PID namespaces and
 //! maps its user ids; then:
 //!
-//! 1. The outer stage waits for `go` on stdin (sent once the id maps are written) and forks.
+//! 1. The outer stage waits for `go` on stdin (sent once the id maps are written), re-executes
+//!    itself as the namespace's root, forks, and then becomes a small `runner-wait` process that
+//!    only reaps its child.
 //! 2. The inner stage is PID 1 of the new PID namespace. It builds a minimal root on tmpfs —
 //!    system directories and tool packages bound read-only, the principal's home read-write,
 //!    a private `/tmp`, a fresh `/proc`, a minimal `/dev` — pivots into it, brings `lo` up,
@@ -202,20 +204,55 @@ pub fn run(spec: AgentSpec) -> ! {
         std::process::exit(120);
     }
     std::env::remove_var(MAPPED);
+    // Opened before the fork so the outer stage can replace itself with a fresh, small image
+    // whatever the inner stage does to the shared mount namespace.
+    let exe = CString::new("/proc/self/exe").unwrap_or_default();
+    // SAFETY: valid path; the descriptor is close-on-exec.
+    let exe_fd = unsafe { libc::open(exe.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if exe_fd < 0 {
+        fail("open /proc/self/exe");
+    }
     // SAFETY: the outer stage is single-threaded here; the child continues in `inner`.
     match unsafe { libc::fork() } {
         -1 => fail("fork"),
-        0 => inner(spec),
-        child => {
-            let mut status = 0;
-            // SAFETY: waiting for our only child.
-            unsafe { libc::waitpid(child, &mut status, 0) };
-            std::process::exit(if libc::WIFEXITED(status) {
-                libc::WEXITSTATUS(status)
-            } else {
-                121
-            });
+        0 => {
+            // SAFETY: closing our copy of a descriptor we opened.
+            unsafe { libc::close(exe_fd) };
+            inner(spec)
         }
+        _child => {
+            // Everything this process touched so far would stay resident while it only waits:
+            // become `chiron runner-wait` (see `wait_for_children`) instead.
+            let argv0 = CString::new("chiron").unwrap_or_default();
+            let argv1 = CString::new(WAIT_ARG).unwrap_or_default();
+            let argv = [argv0.as_ptr(), argv1.as_ptr(), std::ptr::null()];
+            let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+            // SAFETY: NUL-terminated argument and environment arrays of live strings.
+            unsafe { libc::fexecve(exe_fd, argv.as_ptr(), envp.as_ptr()) };
+            fail("fexecve runner-wait");
+        }
+    }
+}
+
+/// The argument that makes the binary run [`wait_for_children`].
+pub const WAIT_ARG: &str = "runner-wait";
+
+/// The outer stage's final form: reap children until none are left, then exit with the last
+/// one's status. Runs before any argument parsing, so the process stays small.
+pub fn wait_for_children() -> ! {
+    let mut last = 0;
+    loop {
+        let mut status = 0;
+        // SAFETY: waiting for any child of this process.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid < 0 {
+            std::process::exit(last);
+        }
+        last = if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            121
+        };
     }
 }
 
