@@ -40,12 +40,20 @@ pub struct LocalConfig {
 /// Starts sandboxed runners on this host.
 pub struct LocalBackend {
     config: LocalConfig,
+    /// The packages mounted into runners started from now on; replaced on reload.
+    tools: Mutex<BTreeMap<String, PathBuf>>,
 }
 
 impl LocalBackend {
     /// A backend with `config`.
     pub fn new(config: LocalConfig) -> Self {
-        Self { config }
+        let tools = Mutex::new(config.tools.clone());
+        Self { config, tools }
+    }
+
+    /// Replaces the packages mounted into runners started from now on.
+    pub fn set_tools(&self, tools: BTreeMap<String, PathBuf>) {
+        *self.tools.lock().expect("invariant: tools lock") = tools;
     }
 
     /// Removes what runners of an earlier gateway left behind: their processes are gone (each
@@ -154,10 +162,11 @@ impl RunnerBackend for LocalBackend {
         std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| start_err("chmod home", e))?;
 
+        let tools = self.tools.lock().expect("invariant: tools lock").clone();
         let spec = AgentSpec {
             root: root.clone(),
             home,
-            tools: self.config.tools.clone(),
+            tools,
         };
         let spec = serde_json::to_string(&spec).map_err(|e| RunnerError::Start(e.to_string()))?;
         let (program, args) = self

@@ -69,6 +69,8 @@ impl Default for PoolConfig {
 /// One principal's slot. The runner is started at most once per slot; a dead runner's slot is
 /// replaced, not restarted.
 struct Slot {
+    /// The pool generation this slot was created in (see [`RunnerPool::renew`]).
+    generation: u64,
     runner: OnceCell<Arc<dyn Runner>>,
     /// Bounds concurrent calls; its permits are held across each call.
     permits: Semaphore,
@@ -81,8 +83,9 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(max_concurrent: usize) -> Self {
+    fn new(max_concurrent: usize, generation: u64) -> Self {
         Self {
+            generation,
             runner: OnceCell::new(),
             permits: Semaphore::new(max_concurrent),
             queued: AtomicUsize::new(0),
@@ -148,6 +151,8 @@ pub struct RunnerPool {
     /// Slots by principal. Held only for map operations, never across an await.
     slots: Mutex<HashMap<PrincipalId, Arc<Slot>>>,
     stats: PoolStats,
+    /// Bumped by [`RunnerPool::renew`]; older idle runners are replaced on their next call.
+    generation: AtomicU64,
 }
 
 impl RunnerPool {
@@ -158,6 +163,7 @@ impl RunnerPool {
             config,
             slots: Mutex::new(HashMap::new()),
             stats: PoolStats::default(),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -176,10 +182,17 @@ impl RunnerPool {
     /// returns runners evicted to make room, for the caller to stop outside the lock.
     fn slot(&self, principal: PrincipalId) -> Result<(Arc<Slot>, Evicted), RunnerError> {
         let mut slots = self.lock();
-        if let Some(slot) = slots.get(&principal) {
-            return Ok((slot.clone(), Vec::new()));
-        }
+        let generation = self.generation.load(Ordering::SeqCst);
         let mut evicted = Vec::new();
+        if let Some(slot) = slots.get(&principal) {
+            if slot.generation == generation || slot.busy() {
+                return Ok((slot.clone(), Vec::new()));
+            }
+            // Started before the last renew and idle now: replace it.
+            if let Some(slot) = slots.remove(&principal) {
+                evicted.extend(slot.runner.get().cloned());
+            }
+        }
         if slots.len() >= self.config.max_runners {
             let victim = slots
                 .iter()
@@ -200,7 +213,7 @@ impl RunnerPool {
                 self.stats.reaped.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let slot = Arc::new(Slot::new(self.config.max_concurrent));
+        let slot = Arc::new(Slot::new(self.config.max_concurrent, generation));
         slots.insert(principal, slot.clone());
         Ok((slot, evicted))
     }
@@ -258,6 +271,12 @@ impl RunnerPool {
         Err(RunnerError::Start(
             "the runner died right after starting".into(),
         ))
+    }
+
+    /// Marks every current runner as outdated (after tool packages were reloaded): each is
+    /// replaced by a fresh one at its next call that finds it idle.
+    pub fn renew(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Stops runners idle for longer than `idle_timeout`; returns how many.

@@ -189,6 +189,37 @@ pub struct ToolRuntime {
     pub pool: std::sync::Arc<chiron_runner::RunnerPool>,
     /// What loading the packages found (including skipped, broken packages).
     pub report: chiron_tools::LoadReport,
+    backend: std::sync::Arc<chiron_runner::local::LocalBackend>,
+    dirs: Vec<std::path::PathBuf>,
+}
+
+/// The package folders to mount into runners, by package name.
+fn mounts(
+    report: &chiron_tools::LoadReport,
+) -> std::collections::BTreeMap<String, std::path::PathBuf> {
+    report
+        .packages
+        .values()
+        .map(|p| {
+            (
+                p.name.clone(),
+                fs::canonicalize(&p.dir).unwrap_or_else(|_| p.dir.clone()),
+            )
+        })
+        .collect()
+}
+
+impl ToolRuntime {
+    /// Loads the packages again: the catalog is replaced (and open sessions are told), new
+    /// runners mount the new packages, and runners started before are replaced at their next
+    /// idle call. Returns what loading found.
+    pub fn reload(&self) -> chiron_tools::LoadReport {
+        let report = chiron_tools::load_packages(&self.dirs);
+        self.backend.set_tools(mounts(&report));
+        self.pool.renew();
+        self.catalog.reload(&report);
+        report
+    }
 }
 
 /// The tool directories in force: `tools.dirs`, or `./tools` when none are configured and it
@@ -211,30 +242,22 @@ pub fn tool_runtime(config: &Config, store: Store, agent: Vec<String>) -> ToolRu
     use std::sync::Arc;
     let dirs = tool_dirs(config);
     let report = chiron_tools::load_packages(&dirs);
-    let tools = report
-        .packages
-        .values()
-        .map(|p| {
-            (
-                p.name.clone(),
-                fs::canonicalize(&p.dir).unwrap_or_else(|_| p.dir.clone()),
-            )
-        })
-        .collect();
-    let backend = chiron_runner::local::LocalBackend::new(chiron_runner::local::LocalConfig {
-        agent,
-        data_dir: fs::canonicalize(&config.server.data_dir)
-            .unwrap_or_else(|_| config.server.data_dir.clone()),
-        tools,
-        memory_limit: config.runner.memory_mib * 1024 * 1024,
-        pids_limit: config.runner.max_processes,
-    });
+    let backend = Arc::new(chiron_runner::local::LocalBackend::new(
+        chiron_runner::local::LocalConfig {
+            agent,
+            data_dir: fs::canonicalize(&config.server.data_dir)
+                .unwrap_or_else(|_| config.server.data_dir.clone()),
+            tools: mounts(&report),
+            memory_limit: config.runner.memory_mib * 1024 * 1024,
+            pids_limit: config.runner.max_processes,
+        },
+    ));
     let cleaned = backend.clean_leftovers();
     if cleaned > 0 {
         tracing::info!(count = cleaned, "removed leftovers of earlier runners");
     }
     let pool = Arc::new(chiron_runner::RunnerPool::new(
-        Arc::new(backend),
+        backend.clone(),
         chiron_runner::PoolConfig {
             idle_timeout: config.runner.idle_timeout,
             max_runners: config.runner.max_runners,
@@ -251,7 +274,14 @@ pub fn tool_runtime(config: &Config, store: Store, agent: Vec<String>) -> ToolRu
         catalog,
         pool,
         report,
+        backend,
+        dirs,
     }
+}
+
+/// The file where a serving gateway records its pid, for `chiron tool reload`.
+pub fn pid_file(config: &Config) -> std::path::PathBuf {
+    config.server.data_dir.join("chiron.pid")
 }
 
 /// Grants `package` to the demo principal (idempotent).

@@ -176,6 +176,8 @@ pub struct GrantArgs {
 pub enum ToolCommand {
     /// List the packages and tools in the configured directories (tools.dirs).
     List,
+    /// Make the running server load its tool packages again (sends it SIGHUP).
+    Reload,
     /// Validate package folders (or folders of packages); errors name file, line and field.
     Check {
         /// Package folders or folders of packages.

@@ -297,3 +297,28 @@ async fn stop_and_stop_all() {
     assert!(backend.runner(1).stopped.load(Ordering::SeqCst));
     assert!(pool.list().is_empty());
 }
+
+#[tokio::test]
+async fn renewed_runners_are_replaced_at_their_next_idle_call() {
+    let backend = Arc::new(FakeBackend::default());
+    let pool = pool(&backend, PoolConfig::default());
+    let alice = PrincipalId::new();
+    assert_eq!(
+        pool.run_command(call(alice)).await.unwrap().runner_id,
+        "runner-0"
+    );
+    pool.renew();
+    assert_eq!(
+        pool.run_command(call(alice)).await.unwrap().runner_id,
+        "runner-1"
+    );
+    assert!(
+        backend.runner(0).stopped.load(Ordering::SeqCst),
+        "the outdated runner was stopped"
+    );
+    // Without another renew the new runner is kept.
+    assert_eq!(
+        pool.run_command(call(alice)).await.unwrap().runner_id,
+        "runner-1"
+    );
+}

@@ -59,6 +59,29 @@ pub async fn run(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
         "listening"
     );
 
+    // `chiron tool reload` (or any SIGHUP) reloads the tool packages without a restart.
+    let tools = std::sync::Arc::new(tools);
+    let pid_file = setup::pid_file(&config);
+    std::fs::write(&pid_file, std::process::id().to_string()).context("writing the pid file")?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    let reloader = {
+        let tools = tools.clone();
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                let report = tools.reload();
+                for err in &report.errors {
+                    tracing::warn!(error = %err, "tool package skipped");
+                }
+                tracing::info!(
+                    packages = report.packages.len(),
+                    tools = report.tools.len(),
+                    "tool packages reloaded"
+                );
+            }
+        })
+    };
+
     let background = CancellationToken::new();
     let flusher = auth.spawn_usage_flusher(Duration::from_secs(5), background.clone());
     let grace = config.server.shutdown_grace;
@@ -79,6 +102,8 @@ pub async fn run(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
     let _ = flusher.await;
     let _ = reaper.await;
     let _ = runners.await;
+    reloader.abort();
+    let _ = std::fs::remove_file(&pid_file);
     store.close().await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)

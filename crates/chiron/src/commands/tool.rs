@@ -19,6 +19,27 @@ pub fn run(config: Config, command: ToolCommand) -> anyhow::Result<ExitCode> {
             print_packages(&report);
             Ok(finish(&report))
         }
+        ToolCommand::Reload => {
+            let pid_file = chiron_server::setup::pid_file(&config);
+            let pid: i32 = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|text| text.trim().parse().ok())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "no running server found ({} is missing)",
+                        pid_file.display()
+                    )
+                })?;
+            // SAFETY: kill(2) with a pid read from the server's own pid file.
+            if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+                anyhow::bail!(
+                    "could not signal the server (pid {pid}): {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            println!("asked the server (pid {pid}) to reload its tool packages");
+            Ok(ExitCode::SUCCESS)
+        }
         ToolCommand::Check { dirs } => {
             let report = load_packages(&dirs);
             if report.errors.is_empty() {

@@ -359,3 +359,67 @@ fn http_get(url: &str) -> String {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async { reqwest::get(url).await.unwrap().text().await.unwrap() })
 }
+
+#[test]
+fn packages_added_while_serving_appear_after_reload() {
+    let mut chiron = Chiron::new();
+    let pkgs = chiron.dir.path().join("pkgs");
+    let package = |name: &str, text: &str| {
+        let dir = pkgs.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("chiron-tool.toml"),
+            format!("name = \"{name}\"\nversion = \"1\"\nkind = \"command\"\ncommand = [\"python3\", \"run.py\"]\n\n[[tools]]\nname = \"say\"\ninput_schema = {{ type = \"object\" }}\n"),
+        )
+        .unwrap();
+        std::fs::write(dir.join("run.py"), format!("print({text:?})\n")).unwrap();
+    };
+    package("first", "one");
+    chiron.set_env(
+        "CHIRON_TOOLS__DIRS",
+        &format!("[\"{}\"]", pkgs.canonicalize().unwrap().display()),
+    );
+    chiron.ok(&["principal", "add", "alice"]);
+    chiron.ok(&["grant", "add", "first", "--principal", "alice"]);
+    chiron.ok(&["grant", "add", "later", "--principal", "alice"]);
+    let alice = chiron
+        .ok(&["token", "issue", "--principal", "alice"])
+        .trim()
+        .to_owned();
+    let server = chiron.serve(&["serve"]);
+    let url = format!("{}/mcp", chiron.base());
+    // Alice's runner starts before the new package exists.
+    let results = probe(
+        &url,
+        bearer(&alice),
+        "legacy",
+        json!([{"op": "list"}, {"op": "call", "name": "first_say"}]),
+    );
+    assert_eq!(results[0]["tools"], json!(["whoami", "first_say"]));
+    assert_eq!(results[1]["content"][0]["text"], "one\n", "{results:?}");
+
+    package("later", "two");
+    assert!(chiron.ok(&["tool", "reload"]).contains("reload"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let listed = probe(&url, bearer(&alice), "legacy", json!([{"op": "list"}]));
+        if listed[0]["tools"] == json!(["whoami", "first_say", "later_say"]) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "later_say never appeared: {listed:?}"
+        );
+    }
+    // The new package is mounted in alice's (renewed) runner.
+    let results = probe(
+        &url,
+        bearer(&alice),
+        "2026-07-28",
+        json!([{"op": "call", "name": "later_say"}]),
+    );
+    assert_eq!(results[0]["content"][0]["text"], "two\n", "{results:?}");
+    let (code, logs) = server.terminate();
+    assert_eq!(code, Some(0));
+    assert!(logs.contains("tool packages reloaded"), "{logs}");
+}
