@@ -36,6 +36,8 @@ pub const SANDBOX_UID: u32 = 1000;
 pub const MAX_STDOUT: usize = 16 * 1024 * 1024;
 /// Bytes of stderr kept (the tail).
 pub const STDERR_TAIL: usize = 4096;
+/// How long output is still collected after the tool's process group is gone.
+pub const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 
 /// What the gateway tells the agent about the sandbox to build.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -606,33 +608,47 @@ fn reaper(pending: Pending, spawned: Spawned) {
     }
 }
 
-fn read_bounded(mut reader: impl Read, limit: usize) -> Vec<u8> {
-    let mut kept = Vec::new();
-    let mut buffer = [0u8; 8192];
-    loop {
-        match reader.read(&mut buffer) {
-            Ok(0) | Err(_) => return kept,
-            Ok(n) => {
-                let room = limit.saturating_sub(kept.len());
-                kept.extend_from_slice(&buffer[..n.min(room)]);
-            }
-        }
-    }
+/// Output collected by a reader thread; `done` fires at end of file.
+struct Collector {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    done: mpsc::Receiver<()>,
 }
 
-fn read_tail(mut reader: impl Read, limit: usize) -> Vec<u8> {
-    let mut kept: Vec<u8> = Vec::new();
-    let mut buffer = [0u8; 8192];
-    loop {
-        match reader.read(&mut buffer) {
-            Ok(0) | Err(_) => return kept,
-            Ok(n) => {
-                kept.extend_from_slice(&buffer[..n]);
-                if kept.len() > limit {
-                    kept.drain(..kept.len() - limit);
+impl Collector {
+    /// Reads `reader` on a thread, keeping the first `limit` bytes, or with `tail` the last.
+    fn start(mut reader: impl Read + Send + 'static, limit: usize, tail: bool) -> Self {
+        let bytes = Arc::new(Mutex::new(Vec::new()));
+        let (done_tx, done) = mpsc::channel();
+        let sink = bytes.clone();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 8192];
+            while let Ok(n) = reader.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                let mut kept = sink.lock().expect("invariant: output lock");
+                if tail {
+                    kept.extend_from_slice(&buffer[..n]);
+                    if kept.len() > limit {
+                        let excess = kept.len() - limit;
+                        kept.drain(..excess);
+                    }
+                } else {
+                    let room = limit.saturating_sub(kept.len());
+                    kept.extend_from_slice(&buffer[..n.min(room)]);
                 }
             }
-        }
+            let _ = done_tx.send(());
+        });
+        Self { bytes, done }
+    }
+
+    /// What was read, waiting at most `grace` for the end of the stream: a descendant that
+    /// escaped the process group may hold the pipe open indefinitely.
+    fn finish(self, grace: Duration) -> String {
+        let _ = self.done.recv_timeout(grace);
+        let bytes = self.bytes.lock().expect("invariant: output lock");
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 }
 
@@ -684,11 +700,11 @@ fn run_one(id: u64, run: RunRequest, pending: &Pending, spawned: &Spawned) -> Re
     let stdout = child
         .stdout
         .take()
-        .map(|out| std::thread::spawn(move || read_bounded(out, MAX_STDOUT)));
+        .map(|out| Collector::start(out, MAX_STDOUT, false));
     let stderr = child
         .stderr
         .take()
-        .map(|err| std::thread::spawn(move || read_tail(err, STDERR_TAIL)));
+        .map(|err| Collector::start(err, STDERR_TAIL, true));
 
     let status = match rx.recv_timeout(Duration::from_millis(run.timeout_ms)) {
         Ok(status) => status,
@@ -708,14 +724,8 @@ fn run_one(id: u64, run: RunRequest, pending: &Pending, spawned: &Spawned) -> Re
     } else if libc::WIFSIGNALED(status) {
         response.signal = Some(libc::WTERMSIG(status));
     }
-    response.stdout = stdout
-        .and_then(|t| t.join().ok())
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    response.stderr_tail = stderr
-        .and_then(|t| t.join().ok())
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
+    response.stdout = stdout.map(|c| c.finish(OUTPUT_GRACE)).unwrap_or_default();
+    response.stderr_tail = stderr.map(|c| c.finish(OUTPUT_GRACE)).unwrap_or_default();
     response
 }
 

@@ -436,3 +436,14 @@ async fn a_program_that_cannot_start_is_reported() {
     );
     assert_eq!(probe(&s, alice, "print('still fine')").await, "still fine");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_descendant_holding_the_output_open_cannot_hang_the_call() {
+    let s = sandbox();
+    let alice = PrincipalId::new();
+    // The grandchild leaves the call's process group and keeps stdout open for a minute.
+    let code = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\n    os._exit(0)\nprint('parent done', flush=True)";
+    let outcome = s.run(alice, code).await;
+    assert_eq!(stdout(&outcome), "parent done");
+    assert_eq!(probe(&s, alice, "print('next')").await, "next");
+}
