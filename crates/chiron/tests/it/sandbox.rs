@@ -447,3 +447,29 @@ async fn a_descendant_holding_the_output_open_cannot_hang_the_call() {
     assert_eq!(stdout(&outcome), "parent done");
     assert_eq!(probe(&s, alice, "print('next')").await, "next");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_concurrent_first_calls_start_one_sandbox() {
+    let s = Arc::new(sandbox());
+    let alice = PrincipalId::new();
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.run(alice, "print('ok')").await })
+        })
+        .collect();
+    let mut runners = std::collections::HashSet::new();
+    for call in calls {
+        let outcome = call.await.unwrap();
+        assert_eq!(stdout(&outcome), "ok");
+        runners.insert(outcome.runner_id);
+    }
+    assert_eq!(runners.len(), 1, "{runners:?}");
+    assert_eq!(
+        s.pool
+            .stats()
+            .created
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}
