@@ -9,6 +9,8 @@ use chiron_server::{serve, setup, AppState};
 use tokio_util::sync::CancellationToken;
 
 pub async fn run(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
+    // Runner homes and the pid file live in the data directory whatever the database is.
+    setup::prepare_data_dir(&config).context("preparing the data directory")?;
     let store = setup::open_store(&config)
         .await
         .context("opening storage")?;

@@ -108,7 +108,7 @@ impl Chiron {
         let (ready_tx, ready_rx) = mpsc::channel::<()>();
         let stderr = child.stderr.take().unwrap();
         let sink = logs.clone();
-        // Tees stderr into `logs` and reports the first `listening` line.
+        // Tees stderr into `logs` and reports the server's ready line.
         let log_reader = std::thread::spawn(move || {
             let mut ready_tx = Some(ready_tx);
             for line in BufReader::new(stderr).lines() {
@@ -117,7 +117,7 @@ impl Chiron {
                 logs.push_str(&line);
                 logs.push('\n');
                 drop(logs);
-                if line.contains("listening") {
+                if line.contains(READY_MARKER) {
                     if let Some(tx) = ready_tx.take() {
                         let _ = tx.send(());
                     }
@@ -130,6 +130,24 @@ impl Chiron {
         {
             let _ = child.kill();
             panic!("serve never became ready: {}", logs.lock().unwrap());
+        }
+        // The log line says the socket is bound; confirm it accepts connections, and if the
+        // server is gone, say why.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "serve exited with {status} after reporting ready: {}",
+                    logs.lock().unwrap()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "port {} never accepted connections: {}",
+                self.port,
+                logs.lock().unwrap()
+            );
+            std::thread::yield_now();
         }
         // The demo hand-over is printed after binding and before the `listening` line: read
         // it up to its closing line.
@@ -155,6 +173,10 @@ impl Chiron {
         }
     }
 }
+
+/// The server's own log line once its socket is bound (`listening listen=<addr> …`); other
+/// lines may contain the word "listening" at trace level.
+pub const READY_MARKER: &str = "listening listen=";
 
 /// The demo hand-over's last line starts with this.
 pub const HANDOVER_END: &str = "Stop with Ctrl-C";
