@@ -117,7 +117,8 @@ fn origin_allowed(gate: &Gate, headers: &HeaderMap) -> bool {
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// The token of an `Authorization: Bearer` header; tokens anywhere else are never read.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme
@@ -141,7 +142,7 @@ pub async fn gate(State(gate): State<Arc<Gate>>, request: Request, next: Next) -
         return rpc_error(StatusCode::FORBIDDEN, -32600, "Origin is not allowed");
     }
 
-    let Some(token) = bearer(headers) else {
+    let Some(token) = bearer_token(headers) else {
         let response = rpc_error(
             StatusCode::UNAUTHORIZED,
             -32001,

@@ -420,29 +420,16 @@ async fn grant_subject(state: &AppState, body: &GrantBody) -> Result<GrantSubjec
     }
 }
 
-fn grant_event(
-    admin: &AdminAuth,
-    action: &str,
-    package: &str,
-    subject: GrantSubject,
-) -> chiron_core::NewAuditEvent {
-    chiron_core::NewAuditEvent {
-        actor: actor(admin),
-        action: action.into(),
-        target_kind: "package".into(),
-        target_id: package.into(),
-        detail: json!({ "subject": subject }),
-    }
-}
-
 async fn add_grant(
     admin: AdminAuth,
     State(state): State<AppState>,
     ApiJson(body): ApiJson<GrantBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let subject = grant_subject(&state, &body).await?;
-    let event = grant_event(&admin, "grant.add", &body.package, subject);
-    let added = state.store.add_grant(&body.package, subject, event).await?;
+    let added = state
+        .store
+        .add_grant(&body.package, subject, actor(&admin))
+        .await?;
     if added {
         state.catalog.notify_changed();
     }
@@ -463,10 +450,9 @@ async fn remove_grant(
     ApiJson(body): ApiJson<GrantBody>,
 ) -> Result<StatusCode, ApiError> {
     let subject = grant_subject(&state, &body).await?;
-    let event = grant_event(&admin, "grant.remove", &body.package, subject);
     if !state
         .store
-        .remove_grant(&body.package, subject, event)
+        .remove_grant(&body.package, subject, actor(&admin))
         .await?
     {
         return Err(ApiError::NotFound("grant"));

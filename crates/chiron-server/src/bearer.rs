@@ -2,23 +2,12 @@
 //! `Authorization: Bearer` header; a token anywhere else (query string, cookie) is ignored.
 
 use axum::extract::FromRequestParts;
-use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
 use chiron_auth::Authenticated;
 use chiron_core::Scope;
 
 use crate::{ApiError, AppState};
-
-/// The bearer token of a request, if the header holds one.
-pub(crate) fn bearer_token(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
-}
 
 /// A request authenticated with a token that has the `admin` scope.
 #[derive(Debug, Clone)]
@@ -28,7 +17,8 @@ impl FromRequestParts<AppState> for AdminAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer_token(parts).ok_or(ApiError::Unauthenticated)?;
+        let token =
+            chiron_mcp::gate::bearer_token(&parts.headers).ok_or(ApiError::Unauthenticated)?;
         let authenticated = state.auth.verify(token, Scope::Admin).await?;
         Ok(Self(authenticated))
     }

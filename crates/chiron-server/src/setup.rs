@@ -287,18 +287,11 @@ pub fn pid_file(config: &Config) -> std::path::PathBuf {
 /// Grants `package` to the demo principal (idempotent).
 pub async fn grant_to_demo(store: &Store, package: &str) -> Result<(), SetupError> {
     let (demo, _) = local_principal(store, "demo").await?;
-    let audit = chiron_core::NewAuditEvent {
-        actor: Actor::system("demo"),
-        action: "grant.add".into(),
-        target_kind: "package".into(),
-        target_id: package.into(),
-        detail: serde_json::json!({ "subject": "principal demo" }),
-    };
     store
         .add_grant(
             package,
             chiron_store::grants::GrantSubject::Principal(demo.id),
-            audit,
+            Actor::system("demo"),
         )
         .await?;
     Ok(())

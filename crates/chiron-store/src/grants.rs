@@ -7,8 +7,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use chiron_core::time_util::{now, rfc3339, to_millis};
-use chiron_core::{GroupId, NewAuditEvent, PrincipalId};
+use chiron_core::time_util::{now, to_millis};
+use chiron_core::{Actor, GroupId, NewAuditEvent, PrincipalId};
 
 use crate::audit::insert_audit;
 use crate::{rows, Store, StoreError};
@@ -63,12 +63,8 @@ pub struct Grant {
     /// Who it is for.
     pub subject: GrantSubject,
     /// When it was made.
-    #[serde(serialize_with = "as_rfc3339")]
+    #[serde(with = "chiron_core::time_util::serde_rfc3339")]
     pub created_at: OffsetDateTime,
-}
-
-fn as_rfc3339<S: serde::Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&rfc3339(*t))
 }
 
 fn grant_row(row: &sqlx::any::AnyRow) -> Result<Grant, StoreError> {
@@ -85,14 +81,26 @@ fn grant_row(row: &sqlx::any::AnyRow) -> Result<Grant, StoreError> {
     })
 }
 
+/// The audit event of a grant change: `grant.add` or `grant.remove` on the package.
+fn grant_event(actor: Actor, action: &str, package: &str, subject: GrantSubject) -> NewAuditEvent {
+    NewAuditEvent {
+        actor,
+        action: action.into(),
+        target_kind: "package".into(),
+        target_id: package.into(),
+        detail: serde_json::json!({ "subject": subject }),
+    }
+}
+
 impl Store {
     /// Grants `package` to `subject`; returns whether the grant is new (granting twice is a
-    /// no-op). The audit event is written only for a new grant, in the same transaction.
+    /// no-op). A `grant.add` audit event by `actor` is written only for a new grant, in the
+    /// same transaction.
     pub async fn add_grant(
         &self,
         package: &str,
         subject: GrantSubject,
-        audit: NewAuditEvent,
+        actor: Actor,
     ) -> Result<bool, StoreError> {
         let (kind, id) = subject.columns();
         let mut tx = self.pool().begin().await?;
@@ -110,18 +118,19 @@ impl Store {
         .await?;
         let added = done.rows_affected() > 0;
         if added {
-            insert_audit(&mut tx, audit).await?;
+            insert_audit(&mut tx, grant_event(actor, "grant.add", package, subject)).await?;
         }
         tx.commit().await?;
         Ok(added)
     }
 
-    /// Removes a grant; returns whether it existed. Audited when it did.
+    /// Removes a grant; returns whether it existed. Audited (`grant.remove` by `actor`) when it
+    /// did.
     pub async fn remove_grant(
         &self,
         package: &str,
         subject: GrantSubject,
-        audit: NewAuditEvent,
+        actor: Actor,
     ) -> Result<bool, StoreError> {
         let (kind, id) = subject.columns();
         let mut tx = self.pool().begin().await?;
@@ -135,7 +144,11 @@ impl Store {
         .await?;
         let removed = done.rows_affected() > 0;
         if removed {
-            insert_audit(&mut tx, audit).await?;
+            insert_audit(
+                &mut tx,
+                grant_event(actor, "grant.remove", package, subject),
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(removed)

@@ -5,7 +5,7 @@ use serde::Serialize;
 use sqlx::Row;
 use time::OffsetDateTime;
 
-use chiron_core::time_util::{rfc3339, to_millis};
+use chiron_core::time_util::to_millis;
 use chiron_core::{PrincipalId, TokenId};
 
 use crate::{rows, Store, StoreError};
@@ -16,7 +16,7 @@ pub struct ToolCallRecord {
     /// Unique call id, also given to the runner and to egress audit rows.
     pub call_id: String,
     /// When the call started.
-    #[serde(serialize_with = "as_rfc3339")]
+    #[serde(with = "chiron_core::time_util::serde_rfc3339")]
     pub at: OffsetDateTime,
     /// Who called.
     pub principal_id: PrincipalId,
@@ -39,10 +39,6 @@ pub struct ToolCallRecord {
     pub duration_ms: i64,
     /// The runner that ran it, if any.
     pub runner_id: Option<String>,
-}
-
-fn as_rfc3339<S: serde::Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&rfc3339(*t))
 }
 
 /// Which calls to return.

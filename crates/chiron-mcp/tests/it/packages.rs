@@ -3,7 +3,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use chiron_auth::Authenticated;
 use chiron_core::time_util::now;
-use chiron_core::{Actor, CreatedVia, McpToken, NewAuditEvent, Principal, Scope, Scopes, TokenId};
+use chiron_core::{Actor, CreatedVia, McpToken, Principal, Scope, Scopes, TokenId};
 use chiron_mcp::{CatalogError, PackageCatalog, ToolCatalog};
 use chiron_runner::{CommandCall, CommandOutcome, RunnerError, ToolRunner};
 use chiron_store::grants::GrantSubject;
@@ -99,15 +99,8 @@ async fn fixture() -> Fixture {
     let catalog = PackageCatalog::new(store.clone(), runner.clone(), &report);
     let alice = store.create_principal("alice").await.unwrap();
     let bob = store.create_principal("bob").await.unwrap();
-    let audit = NewAuditEvent {
-        actor: Actor::cli(),
-        action: "grant.add".into(),
-        target_kind: "package".into(),
-        target_id: "notes".into(),
-        detail: json!({}),
-    };
     store
-        .add_grant("notes", GrantSubject::Principal(alice.id), audit)
+        .add_grant("notes", GrantSubject::Principal(alice.id), Actor::cli())
         .await
         .unwrap();
     Fixture {

@@ -1,7 +1,7 @@
 use chiron_store::grants::GrantSubject;
 use chiron_store::{backend_tests, Store};
 
-use crate::support::audit;
+use chiron_core::Actor;
 
 backend_tests!(
     grants_reach_principals_directly_through_groups_and_everyone,
@@ -13,31 +13,19 @@ backend_tests!(
         store.add_group_member(eng.id, bob.id).await.unwrap();
 
         assert!(store
-            .add_grant(
-                "github",
-                GrantSubject::Principal(alice.id),
-                audit("grant.add", "github")
-            )
+            .add_grant("github", GrantSubject::Principal(alice.id), Actor::cli())
             .await
             .unwrap());
         assert!(!store
-            .add_grant(
-                "github",
-                GrantSubject::Principal(alice.id),
-                audit("grant.add", "github")
-            )
+            .add_grant("github", GrantSubject::Principal(alice.id), Actor::cli())
             .await
             .unwrap());
         store
-            .add_grant(
-                "slack",
-                GrantSubject::Group(eng.id),
-                audit("grant.add", "slack"),
-            )
+            .add_grant("slack", GrantSubject::Group(eng.id), Actor::cli())
             .await
             .unwrap();
         store
-            .add_grant("echo", GrantSubject::Everyone, audit("grant.add", "echo"))
+            .add_grant("echo", GrantSubject::Everyone, Actor::cli())
             .await
             .unwrap();
 
@@ -61,19 +49,11 @@ backend_tests!(
         );
 
         assert!(store
-            .remove_grant(
-                "github",
-                GrantSubject::Principal(alice.id),
-                audit("grant.remove", "github")
-            )
+            .remove_grant("github", GrantSubject::Principal(alice.id), Actor::cli())
             .await
             .unwrap());
         assert!(!store
-            .remove_grant(
-                "github",
-                GrantSubject::Principal(alice.id),
-                audit("grant.remove", "github")
-            )
+            .remove_grant("github", GrantSubject::Principal(alice.id), Actor::cli())
             .await
             .unwrap());
         assert_eq!(store.granted_packages(alice.id).await.unwrap(), ["echo"]);

@@ -251,16 +251,6 @@ async fn grant_subject(store: &Store, args: &GrantArgs) -> anyhow::Result<(Grant
     Ok((GrantSubject::Everyone, "everyone".to_owned()))
 }
 
-fn grant_audit(action: &str, package: &str, subject: &str) -> chiron_core::NewAuditEvent {
-    chiron_core::NewAuditEvent {
-        actor: Actor::cli(),
-        action: action.into(),
-        target_kind: "package".into(),
-        target_id: package.into(),
-        detail: serde_json::json!({ "subject": subject }),
-    }
-}
-
 pub async fn grant(config: Config, command: GrantCommand) -> anyhow::Result<ExitCode> {
     let (store, _auth) = open(&config).await?;
     match command {
@@ -274,11 +264,7 @@ pub async fn grant(config: Config, command: GrantCommand) -> anyhow::Result<Exit
                 );
             }
             let added = store
-                .add_grant(
-                    &args.package,
-                    subject,
-                    grant_audit("grant.add", &args.package, &label),
-                )
+                .add_grant(&args.package, subject, Actor::cli())
                 .await?;
             println!(
                 "{} {} to {label}",
@@ -289,11 +275,7 @@ pub async fn grant(config: Config, command: GrantCommand) -> anyhow::Result<Exit
         GrantCommand::Remove(args) => {
             let (subject, label) = grant_subject(&store, &args).await?;
             if !store
-                .remove_grant(
-                    &args.package,
-                    subject,
-                    grant_audit("grant.remove", &args.package, &label),
-                )
+                .remove_grant(&args.package, subject, Actor::cli())
                 .await?
             {
                 bail!("{} is not granted to {label}", args.package);
