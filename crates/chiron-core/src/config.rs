@@ -174,12 +174,30 @@ impl Default for McpConfig {
 }
 
 /// `[tools]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ToolsConfig {
     /// Directories holding tool packages: each is a package folder (with `chiron-tool.toml`)
     /// or a folder of package folders.
     pub dirs: Vec<PathBuf>,
+    /// Reload packages when a file under `dirs` changes.
+    pub watch: bool,
+    /// The Python whose pip installs `pypi:` sources; use the interpreter the sandbox runs
+    /// (`python3` on its PATH), so compiled wheels match.
+    pub python: PathBuf,
+    /// The npm that installs `npm:` sources.
+    pub npm: PathBuf,
+}
+
+impl Default for ToolsConfig {
+    fn default() -> Self {
+        Self {
+            dirs: Vec::new(),
+            watch: true,
+            python: PathBuf::from("/usr/bin/python3"),
+            npm: PathBuf::from("npm"),
+        }
+    }
 }
 
 /// `[runner]`.

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use chiron_auth::Authenticated;
 use chiron_core::time_util::now;
-use chiron_runner::{CommandCall, CommandOutcome, RunnerError, ToolRunner};
+use chiron_runner::{CommandCall, CommandOutcome, RunnerError, StdioCall, ToolRunner};
 use chiron_store::tool_calls::ToolCallRecord;
 use chiron_store::Store;
 use chiron_tools::{LoadReport, PackageKind, ToolDecl, ToolPackage};
@@ -112,11 +112,8 @@ impl PackageCatalog {
     pub fn reload(&self, report: &LoadReport) {
         let mut loaded = Loaded::default();
         for package in report.packages.values() {
+            // mcp-stdio packages carry the tools their server reported at discovery.
             let package = Arc::new(package.clone());
-            if package.kind != PackageKind::Command {
-                // mcp-stdio tools are discovered by a discovery runner (not yet available).
-                continue;
-            }
             for decl in &package.tools {
                 let prepared = prepare(&package, decl);
                 loaded
@@ -153,6 +150,30 @@ impl PackageCatalog {
         if let Err(err) = self.store.record_tool_call(&record).await {
             tracing::error!(error = %err, call_id = %record.call_id, "could not record tool call");
         }
+    }
+}
+
+/// The declaration of a tool an `mcp-stdio` server reported, as the catalog keeps it.
+pub fn decl_from_server_tool(tool: &Tool, timeout: std::time::Duration) -> ToolDecl {
+    let mut annotations = std::collections::BTreeMap::new();
+    if let Some(Value::Object(hints)) = tool
+        .annotations
+        .as_ref()
+        .and_then(|a| serde_json::to_value(a).ok())
+    {
+        annotations.extend(hints);
+    }
+    ToolDecl {
+        name: tool.name.to_string(),
+        description: tool.description.as_deref().unwrap_or_default().to_owned(),
+        input_schema: Value::Object((*tool.input_schema).clone()),
+        output_schema: tool
+            .output_schema
+            .as_ref()
+            .map(|schema| Value::Object((**schema).clone())),
+        annotations,
+        timeout,
+        safe_to_log: false,
     }
 }
 
@@ -296,18 +317,50 @@ impl ToolCatalog for PackageCatalog {
             return Ok(CallToolResult::error(vec![ContentBlock::text(text)]));
         }
 
-        let call = CommandCall {
-            principal: caller.principal.id,
-            package: prepared.package.clone(),
-            tool: prepared.decl.name.clone(),
-            arguments,
-            timeout: prepared.decl.timeout,
-            call_id: record.call_id.clone(),
+        let timeout = prepared.decl.timeout;
+        let ran = match prepared.package.kind {
+            PackageKind::Command => {
+                let call = CommandCall {
+                    principal: caller.principal.id,
+                    package: prepared.package.clone(),
+                    tool: prepared.decl.name.clone(),
+                    arguments,
+                    timeout,
+                    call_id: record.call_id.clone(),
+                };
+                self.runner.run_command(call).await.map(|outcome| {
+                    let (result, label) = outcome_to_result(&outcome, timeout.as_secs());
+                    (result, label, outcome.runner_id)
+                })
+            }
+            PackageKind::McpStdio => {
+                let call = StdioCall {
+                    principal: caller.principal.id,
+                    package: prepared.package.clone(),
+                    tool: prepared.decl.name.clone(),
+                    arguments: to_object(&arguments),
+                    timeout,
+                    call_id: record.call_id.clone(),
+                };
+                self.runner.call_stdio(call).await.map(|outcome| {
+                    let (result, label) = match outcome.result {
+                        Some(result) if result.is_error == Some(true) => (result, "tool_error"),
+                        Some(result) => (result, "ok"),
+                        None => (
+                            CallToolResult::error(vec![ContentBlock::text(format!(
+                                "tool timed out after {}s and its server was stopped",
+                                timeout.as_secs()
+                            ))]),
+                            "timeout",
+                        ),
+                    };
+                    (result, label, outcome.runner_id)
+                })
+            }
         };
-        let result = match self.runner.run_command(call).await {
-            Ok(outcome) => {
-                record.runner_id = Some(outcome.runner_id.clone());
-                let (result, label) = outcome_to_result(&outcome, prepared.decl.timeout.as_secs());
+        let result = match ran {
+            Ok((result, label, runner_id)) => {
+                record.runner_id = Some(runner_id);
                 record.outcome = label.into();
                 result
             }

@@ -15,9 +15,12 @@
 //! Set `CHIRON_AGENT_TRACE=1` in the gateway's environment to have each stage report on stderr
 //! (relayed to the gateway's log).
 //!
-//! Protocol: one JSON object per line. Requests `{"id", "ping": {}}` or
-//! `{"id", "run": {argv, cwd, env, stdin, timeout_ms}}`; responses `{"id", "pong": true}` or
-//! `{"id", "exit_code", "signal", "stdout", "stderr_tail", "timed_out"}`.
+//! Protocol: one JSON object per line. Requests `{"id", "ping": {}}`,
+//! `{"id", "run": {argv, cwd, env, stdin, timeout_ms}}`, `{"id", "stdio": {argv, cwd, env}}` and
+//! `{"id", "kill": pid}`; responses on stdout `{"id", "pong": true}` or
+//! `{"id", "exit_code", "signal", "stdout", "stderr_tail", "timed_out"}`. A started `stdio`
+//! server's pipes, and at start-up the proxy listener, go to the gateway over the control
+//! socket (see [`crate::control`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
@@ -48,10 +51,25 @@ pub struct AgentSpec {
     pub home: PathBuf,
     /// Tool packages by name, mounted read-only at `/tools/<name>`.
     pub tools: BTreeMap<String, PathBuf>,
+    /// Installed package sources by name, mounted read-only at `/sources/<name>`.
+    #[serde(default)]
+    pub sources: BTreeMap<String, PathBuf>,
+    /// A CA bundle mounted read-only at [`CA_BUNDLE`].
+    #[serde(default)]
+    pub ca_bundle: Option<PathBuf>,
+    /// Whether to bind the proxy listener (discovery runners have no egress at all).
+    #[serde(default)]
+    pub egress: bool,
 }
 
+/// Where the CA bundle the proxy's certificates verify against appears in the sandbox.
+pub const CA_BUNDLE: &str = "/etc/chiron/ca-bundle.pem";
+
+/// The proxy listener's address inside every runner's network namespace.
+pub const PROXY_ADDR: &str = "127.0.0.1:3128";
+
 /// A request from the gateway.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Request {
     /// Correlates the response.
     pub id: u64,
@@ -61,6 +79,23 @@ pub struct Request {
     /// Run a process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<RunRequest>,
+    /// Start a long-lived server and hand its stdio pipes to the gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdio: Option<StdioRequest>,
+    /// Kill the process group of a server started with `stdio` (its pid in the sandbox).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill: Option<i32>,
+}
+
+/// Start a long-lived process whose stdin, stdout and stderr the gateway keeps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StdioRequest {
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// Working directory inside the sandbox.
+    pub cwd: String,
+    /// The whole environment.
+    pub env: BTreeMap<String, String>,
 }
 
 /// Run one process to completion.
@@ -229,8 +264,12 @@ pub fn run(spec: AgentSpec) -> ! {
             let argv1 = CString::new(WAIT_ARG).unwrap_or_default();
             let argv = [argv0.as_ptr(), argv1.as_ptr(), std::ptr::null()];
             let envp: [*const libc::c_char; 1] = [std::ptr::null()];
-            // SAFETY: NUL-terminated argument and environment arrays of live strings.
-            unsafe { libc::fexecve(exe_fd, argv.as_ptr(), envp.as_ptr()) };
+            // SAFETY: closing our copy of the control socket (the inner stage keeps its own),
+            // then NUL-terminated argument and environment arrays of live strings.
+            unsafe {
+                libc::close(crate::control::CONTROL_FD);
+                libc::fexecve(exe_fd, argv.as_ptr(), envp.as_ptr())
+            };
             fail("fexecve runner-wait");
         }
     }
@@ -266,14 +305,19 @@ fn step(what: &str) {
 
 fn inner(spec: AgentSpec) -> ! {
     step("inner started");
-    // SAFETY: plain prctl/mount calls on this process.
+    // SAFETY: plain prctl/fcntl calls on this process.
     unsafe {
         // Die with the outer stage, which dies with the gateway.
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        // No tool process may inherit the control socket.
+        libc::fcntl(crate::control::CONTROL_FD, libc::F_SETFD, libc::FD_CLOEXEC);
     }
     build_root(&spec);
     step("root built");
     bring_up_loopback();
+    if spec.egress {
+        hand_over_proxy_listener();
+    }
     let hostname = b"chiron-runner";
     // SAFETY: valid buffer and length.
     unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) };
@@ -336,6 +380,12 @@ fn build_root(spec: &AgentSpec) {
         .unwrap_or_else(|_| fail("write hosts"));
     for (name, dir) in &spec.tools {
         bind(dir, &root.join("tools").join(name), false);
+    }
+    for (name, dir) in &spec.sources {
+        bind(dir, &root.join("sources").join(name), false);
+    }
+    if let Some(bundle) = &spec.ca_bundle {
+        bind(bundle, &root.join(CA_BUNDLE.trim_start_matches('/')), false);
     }
     bind(&spec.home, &root.join("home/chiron"), true);
     let tmp = root.join("tmp");
@@ -400,6 +450,22 @@ fn build_root(spec: &AgentSpec) {
         libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
         None,
     );
+}
+
+/// Binds the proxy listener in this network namespace and gives it to the gateway, which
+/// accepts on it; the agent keeps no copy.
+fn hand_over_proxy_listener() {
+    let listener = std::net::TcpListener::bind(PROXY_ADDR).unwrap_or_else(|_| fail("bind proxy"));
+    let message = crate::control::ControlMessage {
+        listener: true,
+        ..Default::default()
+    };
+    // SAFETY: the control socket is open for the agent's whole life.
+    let control = unsafe { std::os::fd::BorrowedFd::borrow_raw(crate::control::CONTROL_FD) };
+    use std::os::fd::AsFd;
+    if crate::control::send(control, &message, &[listener.as_fd()]).is_err() {
+        fail("hand over proxy listener");
+    }
 }
 
 fn bring_up_loopback() {
@@ -729,6 +795,57 @@ fn run_one(id: u64, run: RunRequest, pending: &Pending, spawned: &Spawned) -> Re
     response
 }
 
+/// Starts a long-lived server in its own process group and hands its stdin, stdout and stderr
+/// to the gateway. The reaper collects it when it exits, like any orphan.
+fn start_stdio(id: u64, request: StdioRequest) {
+    use std::os::fd::AsFd;
+    // SAFETY: the control socket is open for the agent's whole life.
+    let control = unsafe { std::os::fd::BorrowedFd::borrow_raw(crate::control::CONTROL_FD) };
+    let mut message = crate::control::ControlMessage {
+        id,
+        ..Default::default()
+    };
+    let Some((program, args)) = request.argv.split_first() else {
+        message.error = Some("empty argv".into());
+        let _ = crate::control::send(control, &message, &[]);
+        return;
+    };
+    let spawned = Command::new(program)
+        .args(args)
+        .env_clear()
+        .envs(&request.env)
+        .current_dir(&request.cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn();
+    let sent = match spawned {
+        Ok(mut child) => {
+            message.pid = Some(child.id() as i32);
+            match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
+                (Some(stdin), Some(stdout), Some(stderr)) => crate::control::send(
+                    control,
+                    &message,
+                    &[stdin.as_fd(), stdout.as_fd(), stderr.as_fd()],
+                ),
+                _ => {
+                    message.pid = None;
+                    message.error = Some("no pipes".into());
+                    crate::control::send(control, &message, &[])
+                }
+            }
+        }
+        Err(err) => {
+            message.error = Some(format!("cannot start {program}: {err}"));
+            crate::control::send(control, &message, &[])
+        }
+    };
+    if let Err(err) = sent {
+        eprintln!("runner-agent: control socket: {err}");
+    }
+}
+
 fn serve() -> ! {
     let pending: Pending = Arc::default();
     let spawned: Spawned = Arc::default();
@@ -758,6 +875,17 @@ fn serve() -> ! {
                 pong: true,
                 ..Default::default()
             });
+            continue;
+        }
+        if let Some(stdio) = request.stdio {
+            start_stdio(request.id, stdio);
+            continue;
+        }
+        if let Some(pid) = request.kill {
+            if pid > 1 {
+                // SAFETY: signalling the process group of a server this agent started.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+            }
             continue;
         }
         if let Some(run) = request.run {

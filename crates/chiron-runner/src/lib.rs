@@ -6,10 +6,13 @@
 //! the local backend can pick its limits mechanism.
 
 pub mod agent;
+pub mod control;
+pub mod egress;
 pub mod host;
 pub mod local;
 pub mod pool;
+pub mod stdio;
 pub mod tool;
 
 pub use pool::{PoolConfig, Runner, RunnerBackend, RunnerPool};
-pub use tool::{CommandCall, CommandOutcome, RunnerError, ToolRunner};
+pub use tool::{CommandCall, CommandOutcome, RunnerError, StdioCall, StdioOutcome, ToolRunner};

@@ -2,10 +2,12 @@
 //! user, mount, network, IPC, UTS and PID namespaces (see [`crate::agent`] for what it builds
 //! inside). The gateway writes its uid/gid maps — sandbox root and uid 1000 map to two
 //! unprivileged host ids derived from the principal — puts it in cgroup v1 memory and pids
-//! groups when the host allows, and then talks to it over its stdin and stdout.
+//! groups when the host allows, and then talks to it over its stdin and stdout, plus a control
+//! socket over which the agent hands out the proxy listener and `mcp-stdio` server pipes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,12 +17,37 @@ use async_trait::async_trait;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 use chiron_core::PrincipalId;
+use chiron_tools::ToolPackage;
 
-use crate::agent::{AgentSpec, Request, Response, RunRequest};
+use crate::agent::{AgentSpec, Request, Response, RunRequest, StdioRequest};
+use crate::control::{self, ControlMessage};
+use crate::egress::{
+    CredentialGuard, Credentials, DenyEgress, EgressHook, ProcessIdentity, RunnerEgress,
+};
 use crate::pool::{Runner, RunnerBackend};
-use crate::tool::{CommandCall, CommandOutcome, RunnerError};
+use crate::stdio::StdioServer;
+use crate::tool::{CommandCall, CommandOutcome, RunnerError, StdioCall, StdioOutcome};
+
+/// The installed sources of packages, and the packages themselves, mounted into runners.
+#[derive(Debug, Clone, Default)]
+pub struct Mounts {
+    /// Tool packages by name (`/tools/<name>`).
+    pub tools: BTreeMap<String, PathBuf>,
+    /// Installed `source`s by package name (`/sources/<name>`), with their ecosystem.
+    pub sources: BTreeMap<String, (SourceKind, PathBuf)>,
+}
+
+/// The ecosystem of an installed source, which decides how processes find it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    /// `pip install --target`: on `PYTHONPATH`.
+    Pypi,
+    /// `npm install --prefix`: `node_modules/.bin` on `PATH`, `node_modules` on `NODE_PATH`.
+    Npm,
+}
 
 /// Settings of the local backend.
 #[derive(Debug, Clone)]
@@ -29,8 +56,10 @@ pub struct LocalConfig {
     pub agent: Vec<String>,
     /// Where runner roots and principal homes live (`<data_dir>/runners`, `<data_dir>/homes`).
     pub data_dir: PathBuf,
-    /// Tool packages to mount, by name.
-    pub tools: BTreeMap<String, PathBuf>,
+    /// Tool packages and installed sources to mount.
+    pub mounts: Mounts,
+    /// A CA bundle (system roots plus the egress proxy's CA) for tool processes to trust.
+    pub ca_bundle: Option<PathBuf>,
     /// Memory limit per runner in bytes (cgroup v1, when available).
     pub memory_limit: u64,
     /// Process limit per runner (cgroup v1, when available).
@@ -41,19 +70,48 @@ pub struct LocalConfig {
 pub struct LocalBackend {
     config: LocalConfig,
     /// The packages mounted into runners started from now on; replaced on reload.
-    tools: Mutex<BTreeMap<String, PathBuf>>,
+    mounts: Mutex<Mounts>,
+    /// Serves each runner's proxy listener.
+    egress: Arc<dyn EgressHook>,
 }
 
 impl LocalBackend {
-    /// A backend with `config`.
+    /// A backend with `config` whose runners' egress is refused.
     pub fn new(config: LocalConfig) -> Self {
-        let tools = Mutex::new(config.tools.clone());
-        Self { config, tools }
+        Self::with_egress(config, Arc::new(DenyEgress))
+    }
+
+    /// A backend whose runners' proxy listeners are served by `egress`.
+    pub fn with_egress(config: LocalConfig, egress: Arc<dyn EgressHook>) -> Self {
+        let mounts = Mutex::new(config.mounts.clone());
+        Self {
+            config,
+            mounts,
+            egress,
+        }
     }
 
     /// Replaces the packages mounted into runners started from now on.
-    pub fn set_tools(&self, tools: BTreeMap<String, PathBuf>) {
-        *self.tools.lock().expect("invariant: tools lock") = tools;
+    pub fn set_mounts(&self, mounts: Mounts) {
+        *self.mounts.lock().expect("invariant: mounts lock") = mounts;
+    }
+
+    /// Discovers the tools of an `mcp-stdio` package: starts its server in a runner that
+    /// belongs to no principal and has no egress at all, initialises it, lists its tools and
+    /// stops the runner.
+    pub async fn discover(&self, package: &ToolPackage) -> Result<Vec<rmcp::model::Tool>, String> {
+        let nobody = PrincipalId(uuid::Uuid::nil());
+        let runner = self
+            .launch(nobody, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        let result = async {
+            let server = runner.start_server(package).await?;
+            server.list_tools().await
+        }
+        .await;
+        runner.stop().await;
+        result
     }
 
     /// Removes what runners of an earlier gateway left behind: their processes are gone (each
@@ -110,6 +168,18 @@ pub struct LocalRunner {
     child: Mutex<Option<Child>>,
     cgroups: Vec<PathBuf>,
     root: PathBuf,
+    /// The gateway's end of the control socket; one exchange at a time (the servers lock).
+    control: Arc<OwnedFd>,
+    /// Warm `mcp-stdio` servers by package name; held while one is being started.
+    servers: tokio::sync::Mutex<HashMap<String, Arc<StdioServer>>>,
+    /// Proxy credentials of this runner's processes.
+    credentials: Arc<Credentials>,
+    /// Stops serving the proxy listener.
+    stop_egress: CancellationToken,
+    /// Installed sources of the mounted packages.
+    sources: BTreeMap<String, (SourceKind, PathBuf)>,
+    /// Whether a CA bundle is mounted.
+    ca_bundle: bool,
 }
 
 fn write_cgroup(
@@ -136,6 +206,18 @@ fn write_cgroup(
 #[async_trait]
 impl RunnerBackend for LocalBackend {
     async fn start(&self, principal: PrincipalId) -> Result<Arc<dyn Runner>, RunnerError> {
+        let runner: Arc<dyn Runner> = self.launch(principal, true).await?;
+        Ok(runner)
+    }
+}
+
+impl LocalBackend {
+    /// Starts a sandbox for `principal`; with `egress`, its proxy listener is served.
+    async fn launch(
+        &self,
+        principal: PrincipalId,
+        egress: bool,
+    ) -> Result<Arc<LocalRunner>, RunnerError> {
         let start_err =
             |what: &str, err: std::io::Error| RunnerError::Start(format!("{what}: {err}"));
         let id = format!("runner-{}", uuid_like());
@@ -162,11 +244,18 @@ impl RunnerBackend for LocalBackend {
         std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| start_err("chmod home", e))?;
 
-        let tools = self.tools.lock().expect("invariant: tools lock").clone();
+        let mounts = self.mounts.lock().expect("invariant: mounts lock").clone();
         let spec = AgentSpec {
             root: root.clone(),
             home,
-            tools,
+            tools: mounts.tools.clone(),
+            sources: mounts
+                .sources
+                .iter()
+                .map(|(name, (_, dir))| (name.clone(), dir.clone()))
+                .collect(),
+            ca_bundle: self.config.ca_bundle.clone(),
+            egress,
         };
         let spec = serde_json::to_string(&spec).map_err(|e| RunnerError::Start(e.to_string()))?;
         let (program, args) = self
@@ -174,6 +263,9 @@ impl RunnerBackend for LocalBackend {
             .agent
             .split_first()
             .ok_or_else(|| RunnerError::Start("no agent program".into()))?;
+        let (control_end, agent_end) =
+            control::pair().map_err(|e| start_err("control socket", e))?;
+        let agent_fd = agent_end.as_raw_fd();
         let mut command = Command::new(program);
         command
             .args(args)
@@ -187,6 +279,11 @@ impl RunnerBackend for LocalBackend {
         // SAFETY: runs in the forked child before exec; only async-signal-safe system calls.
         unsafe {
             command.pre_exec(move || {
+                // The control socket becomes the agent's descriptor 3 (dup2 clears
+                // close-on-exec on the copy).
+                if libc::dup2(agent_fd, control::CONTROL_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 // Become the unprivileged host id that the sandbox's root maps to, so nothing
                 // in the sandbox is ever the host's root.
                 if libc::setgroups(0, std::ptr::null()) != 0
@@ -210,6 +307,8 @@ impl RunnerBackend for LocalBackend {
             });
         }
         let mut child = command.spawn().map_err(|e| start_err("spawn agent", e))?;
+        drop(agent_end);
+        let control = Arc::new(control_end);
         let pid = child
             .id()
             .ok_or_else(|| RunnerError::Start("agent exited at once".into()))?;
@@ -321,11 +420,52 @@ impl RunnerBackend for LocalBackend {
             child: Mutex::new(Some(child)),
             cgroups,
             root,
+            control,
+            servers: tokio::sync::Mutex::new(HashMap::new()),
+            credentials: Arc::default(),
+            stop_egress: CancellationToken::new(),
+            sources: mounts.sources,
+            ca_bundle: self.config.ca_bundle.is_some(),
         });
+        if egress {
+            let listener = tokio::time::timeout(Duration::from_secs(20), runner.receive())
+                .await
+                .map_err(|_| {
+                    RunnerError::Start("the sandbox did not hand over its proxy listener".into())
+                })
+                .and_then(|received| received.map_err(RunnerError::Start))
+                .and_then(|(message, mut fds)| match (message.listener, fds.pop()) {
+                    (true, Some(fd)) => {
+                        let listener = std::net::TcpListener::from(fd);
+                        listener
+                            .set_nonblocking(true)
+                            .and_then(|()| tokio::net::TcpListener::from_std(listener))
+                            .map_err(|e| start_err("proxy listener", e))
+                    }
+                    _ => Err(RunnerError::Start(
+                        "the sandbox sent no proxy listener".into(),
+                    )),
+                });
+            match listener {
+                Ok(listener) => self.egress.serve(
+                    Arc::new(RunnerEgress {
+                        runner_id: runner.id.clone(),
+                        principal,
+                        credentials: runner.credentials.clone(),
+                    }),
+                    listener,
+                    runner.stop_egress.clone(),
+                ),
+                Err(err) => {
+                    runner.stop().await;
+                    return Err(err);
+                }
+            }
+        }
         let ping = Request {
             id: 0,
             ping: Some(serde_json::json!({})),
-            run: None,
+            ..Default::default()
         };
         match tokio::time::timeout(Duration::from_secs(20), runner.request(ping)).await {
             Ok(Ok(response)) if response.pong => Ok(runner),
@@ -348,6 +488,126 @@ fn uuid_like() -> String {
 }
 
 impl LocalRunner {
+    /// Receives one control message (blocking on a worker thread).
+    async fn receive(&self) -> Result<(ControlMessage, Vec<OwnedFd>), String> {
+        let control = self.control.clone();
+        tokio::task::spawn_blocking(move || control::recv(&*control))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    /// Writes one request line without waiting for a response line.
+    async fn send(&self, request: &Request) -> Result<(), RunnerError> {
+        let mut line =
+            serde_json::to_vec(request).map_err(|e| RunnerError::Exited(e.to_string()))?;
+        line.push(b'\n');
+        let mut stdin = self.stdin.lock().await;
+        if stdin.write_all(&line).await.is_err() || stdin.flush().await.is_err() {
+            self.alive.store(false, Ordering::SeqCst);
+            return Err(RunnerError::Exited("the agent stopped reading".into()));
+        }
+        Ok(())
+    }
+
+    /// The environment of a process of `package`: built from scratch, with the process's
+    /// own proxy credential and the CA bundle when there is one.
+    fn process_env(
+        &self,
+        package: &ToolPackage,
+        credential: Option<&CredentialGuard>,
+    ) -> BTreeMap<String, String> {
+        let mut env: BTreeMap<String, String> = package.env.clone().into_iter().collect();
+        let mut path = String::from("/usr/local/bin:/usr/bin:/bin");
+        match self.sources.get(&package.name) {
+            Some((SourceKind::Pypi, _)) => {
+                env.insert("PYTHONPATH".into(), format!("/sources/{}", package.name));
+            }
+            Some((SourceKind::Npm, _)) => {
+                path = format!("/sources/{}/node_modules/.bin:{path}", package.name);
+                env.insert(
+                    "NODE_PATH".into(),
+                    format!("/sources/{}/node_modules", package.name),
+                );
+            }
+            None => {}
+        }
+        env.insert("PATH".into(), path);
+        env.insert("HOME".into(), "/home/chiron".into());
+        env.insert("LANG".into(), "C.UTF-8".into());
+        if let Some(credential) = credential {
+            let url = credential.proxy_url();
+            for name in [
+                "HTTP_PROXY",
+                "HTTPS_PROXY",
+                "ALL_PROXY",
+                "http_proxy",
+                "https_proxy",
+                "all_proxy",
+            ] {
+                env.insert(name.into(), url.clone());
+            }
+            env.insert("NO_PROXY".into(), String::new());
+        }
+        if self.ca_bundle {
+            for name in [
+                "SSL_CERT_FILE",
+                "REQUESTS_CA_BUNDLE",
+                "CURL_CA_BUNDLE",
+                "NODE_EXTRA_CA_CERTS",
+                "GIT_SSL_CAINFO",
+            ] {
+                env.insert(name.into(), crate::agent::CA_BUNDLE.into());
+            }
+        }
+        env
+    }
+
+    /// The program path of `package`'s command inside the sandbox.
+    fn argv(package: &ToolPackage) -> Vec<String> {
+        let mut argv = package.command.clone();
+        if let Some(program) = argv.first_mut() {
+            if program.contains('/') {
+                *program = format!(
+                    "/tools/{}/{}",
+                    package.name,
+                    program.trim_start_matches("./")
+                );
+            }
+        }
+        argv
+    }
+
+    /// Starts `package`'s stdio server in this sandbox and initialises it.
+    async fn start_server(&self, package: &ToolPackage) -> Result<StdioServer, String> {
+        let credential = (!self.principal.0.is_nil()).then(|| {
+            self.credentials.issue(ProcessIdentity {
+                package: package.name.clone(),
+                call_id: None,
+            })
+        });
+        let request = Request {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            stdio: Some(StdioRequest {
+                argv: Self::argv(package),
+                cwd: format!("/tools/{}", package.name),
+                env: self.process_env(package, credential.as_ref()),
+            }),
+            ..Default::default()
+        };
+        self.send(&request).await.map_err(|e| e.to_string())?;
+        let (message, fds) = self.receive().await?;
+        if message.id != request.id {
+            return Err("the agent answered another request".into());
+        }
+        if let Some(error) = message.error {
+            return Err(error);
+        }
+        let pid = message.pid.ok_or("the agent sent no pid")?;
+        let label = format!("{}/{}", self.id, package.name);
+        StdioServer::connect(pid, fds, label, credential).await
+    }
+
     async fn request(&self, mut request: Request) -> Result<Response, RunnerError> {
         if request.id == 0 && request.run.is_some() {
             request.id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -357,16 +617,7 @@ impl LocalRunner {
             .lock()
             .expect("invariant: waiters lock")
             .insert(request.id, tx);
-        let mut line =
-            serde_json::to_vec(&request).map_err(|e| RunnerError::Exited(e.to_string()))?;
-        line.push(b'\n');
-        {
-            let mut stdin = self.stdin.lock().await;
-            if stdin.write_all(&line).await.is_err() || stdin.flush().await.is_err() {
-                self.alive.store(false, Ordering::SeqCst);
-                return Err(RunnerError::Exited("the agent stopped reading".into()));
-            }
-        }
+        self.send(&request).await?;
         rx.await
             .map_err(|_| RunnerError::Exited("the sandbox went away during the call".into()))
     }
@@ -394,6 +645,7 @@ impl LocalRunner {
 
 impl Drop for LocalRunner {
     fn drop(&mut self) {
+        self.stop_egress.cancel();
         if let Some(mut child) = self.child.lock().expect("invariant: child lock").take() {
             Self::kill_sandbox(&mut child);
         }
@@ -417,26 +669,17 @@ impl Runner for LocalRunner {
 
     async fn run_command(&self, call: CommandCall) -> Result<CommandOutcome, RunnerError> {
         let package = &call.package;
-        let mut argv = package.command.clone();
-        if let Some(program) = argv.first_mut() {
-            if program.contains('/') {
-                *program = format!(
-                    "/tools/{}/{}",
-                    package.name,
-                    program.trim_start_matches("./")
-                );
-            }
-        }
-        let mut env: BTreeMap<String, String> = package.env.clone().into_iter().collect();
-        env.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());
-        env.insert("HOME".into(), "/home/chiron".into());
-        env.insert("LANG".into(), "C.UTF-8".into());
+        let argv = Self::argv(package);
+        let credential = self.credentials.issue(ProcessIdentity {
+            package: package.name.clone(),
+            call_id: Some(call.call_id.clone()),
+        });
+        let mut env = self.process_env(package, Some(&credential));
         env.insert("CHIRON_CALL_ID".into(), call.call_id.clone());
         let stdin =
             serde_json::json!({ "tool": call.tool, "arguments": call.arguments }).to_string();
         let request = Request {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            ping: None,
             run: Some(RunRequest {
                 argv,
                 cwd: format!("/tools/{}", package.name),
@@ -444,8 +687,11 @@ impl Runner for LocalRunner {
                 stdin,
                 timeout_ms: call.timeout.as_millis() as u64,
             }),
+            ..Default::default()
         };
-        let response = self.request(request).await?;
+        let response = self.request(request).await;
+        drop(credential);
+        let response = response?;
         // A process that could not be started reports like a shell does: status 127.
         let (exit_code, stderr_tail) = match response.error {
             Some(error) => (Some(127), error),
@@ -460,8 +706,51 @@ impl Runner for LocalRunner {
         })
     }
 
+    async fn call_stdio(&self, call: StdioCall) -> Result<StdioOutcome, RunnerError> {
+        let name = call.package.name.clone();
+        let server = {
+            let mut servers = self.servers.lock().await;
+            match servers.get(&name).filter(|s| s.is_alive()) {
+                Some(server) => server.clone(),
+                None => {
+                    if let Some(dead) = servers.remove(&name) {
+                        tracing::info!(runner = %self.id, package = %name, pid = dead.pid, "mcp-stdio server exited; starting it again");
+                    }
+                    let server = Arc::new(
+                        self.start_server(&call.package)
+                            .await
+                            .map_err(RunnerError::Server)?,
+                    );
+                    tracing::info!(runner = %self.id, package = %name, pid = server.pid, "mcp-stdio server started");
+                    servers.insert(name.clone(), server.clone());
+                    server
+                }
+            }
+        };
+        let result = server
+            .call(&call.tool, call.arguments, call.timeout)
+            .await
+            .map_err(RunnerError::Server)?;
+        if result.is_none() {
+            // Stuck: stop it; the next call starts it afresh.
+            self.servers.lock().await.remove(&name);
+            let kill = Request {
+                id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                kill: Some(server.pid),
+                ..Default::default()
+            };
+            let _ = self.send(&kill).await;
+        }
+        Ok(StdioOutcome {
+            result,
+            runner_id: self.id.clone(),
+        })
+    }
+
     async fn stop(&self) {
         self.alive.store(false, Ordering::SeqCst);
+        self.stop_egress.cancel();
+        self.servers.lock().await.clear();
         let child = self.child.lock().expect("invariant: child lock").take();
         if let Some(mut child) = child {
             Self::kill_sandbox(&mut child);

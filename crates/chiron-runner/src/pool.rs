@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use chiron_core::PrincipalId;
 
-use crate::tool::{CommandCall, CommandOutcome, RunnerError, ToolRunner};
+use crate::tool::{CommandCall, CommandOutcome, RunnerError, StdioCall, StdioOutcome, ToolRunner};
 
 /// A running sandbox for one principal.
 #[async_trait]
@@ -31,6 +31,9 @@ pub trait Runner: Send + Sync + 'static {
     fn is_alive(&self) -> bool;
     /// Runs one `command` tool call inside the runner.
     async fn run_command(&self, call: CommandCall) -> Result<CommandOutcome, RunnerError>;
+    /// Calls a tool of the package's `mcp-stdio` server, starting the server if it is not
+    /// running.
+    async fn call_stdio(&self, call: StdioCall) -> Result<StdioOutcome, RunnerError>;
     /// Stops the runner and everything in it.
     async fn stop(&self);
 }
@@ -366,10 +369,18 @@ impl RunnerPool {
     }
 }
 
-#[async_trait]
-impl ToolRunner for RunnerPool {
-    async fn run_command(&self, call: CommandCall) -> Result<CommandOutcome, RunnerError> {
-        let principal = call.principal;
+impl RunnerPool {
+    /// Runs `work` in the principal's runner under the runner's concurrency limit, replacing
+    /// the runner if it died.
+    async fn with_runner<T, F, Fut>(
+        &self,
+        principal: PrincipalId,
+        work: F,
+    ) -> Result<T, RunnerError>
+    where
+        F: FnOnce(Arc<dyn Runner>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RunnerError>>,
+    {
         let (slot, runner) = self.runner(principal).await?;
         // Invariant: `queued` counts callers between this check and acquiring a permit.
         if slot.queued.fetch_add(1, Ordering::SeqCst) >= self.config.max_queued
@@ -385,7 +396,7 @@ impl ToolRunner for RunnerPool {
         };
         slot.running.fetch_add(1, Ordering::SeqCst);
         slot.touch();
-        let result = runner.run_command(call).await;
+        let result = work(runner.clone()).await;
         slot.running.fetch_sub(1, Ordering::SeqCst);
         slot.touch();
         if matches!(result, Err(RunnerError::Exited(_))) || !runner.is_alive() {
@@ -394,5 +405,22 @@ impl ToolRunner for RunnerPool {
             self.forget(principal, &slot);
         }
         result
+    }
+}
+
+#[async_trait]
+impl ToolRunner for RunnerPool {
+    async fn run_command(&self, call: CommandCall) -> Result<CommandOutcome, RunnerError> {
+        self.with_runner(call.principal, |runner| async move {
+            runner.run_command(call).await
+        })
+        .await
+    }
+
+    async fn call_stdio(&self, call: StdioCall) -> Result<StdioOutcome, RunnerError> {
+        self.with_runner(call.principal, |runner| async move {
+            runner.call_stdio(call).await
+        })
+        .await
     }
 }

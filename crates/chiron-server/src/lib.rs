@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod serve;
 pub mod setup;
 pub mod state;
+pub mod tools;
 
 mod bearer;
 mod router;

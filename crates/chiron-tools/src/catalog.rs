@@ -112,3 +112,67 @@ fn add_package(report: &mut LoadReport, package: ToolPackage) {
     }
     report.packages.insert(package.name.clone(), package);
 }
+
+impl LoadReport {
+    /// Adds the tools an `mcp-stdio` package's server reported. A tool whose MCP name is
+    /// invalid or taken by another package rejects the whole package, like a collision at load.
+    pub fn add_discovered(&mut self, package: &str, tools: Vec<ToolDecl>) {
+        let Some(loaded) = self.packages.get(package) else {
+            return;
+        };
+        let mut problem = None;
+        for tool in &tools {
+            let name = format!("{package}_{}", tool.name);
+            if !crate::manifest::valid_tool_name(&name) {
+                problem = Some(format!(
+                    "the server's tool `{}` gives the MCP name `{name}`, which does not match ^[A-Za-z0-9_-]{{1,64}}$",
+                    tool.name
+                ));
+            } else if let Some(owner) = self.tools.get(&name).map(|e| e.package.clone()) {
+                problem = Some(format!(
+                    "tool name `{name}` collides with package `{owner}`; package skipped"
+                ));
+            }
+            if problem.is_some() {
+                break;
+            }
+        }
+        if let Some(message) = problem {
+            let file = loaded.dir.join(MANIFEST_FILE);
+            self.packages.remove(package);
+            self.errors.push(ManifestError {
+                file,
+                line: None,
+                field: "tools".into(),
+                message,
+            });
+            return;
+        }
+        for tool in &tools {
+            self.tools.insert(
+                format!("{package}_{}", tool.name),
+                ToolEntry {
+                    package: package.to_owned(),
+                    tool: tool.clone(),
+                },
+            );
+        }
+        if let Some(loaded) = self.packages.get_mut(package) {
+            loaded.tools = tools;
+        }
+    }
+
+    /// Drops a package that cannot be used (e.g. its server could not be started to discover
+    /// its tools), recording why.
+    pub fn reject(&mut self, package: &str, field: &str, message: String) {
+        if let Some(loaded) = self.packages.remove(package) {
+            self.tools.retain(|_, entry| entry.package != package);
+            self.errors.push(ManifestError {
+                file: loaded.dir.join(MANIFEST_FILE),
+                line: None,
+                field: field.into(),
+                message,
+            });
+        }
+    }
+}

@@ -129,6 +129,8 @@ pub struct ToolPackage {
     pub env: BTreeMap<String, String>,
     /// Installable source such as `pypi:mcp-server-time==2026.10.19`.
     pub source: Option<String>,
+    /// The per-call timeout of tools that set none (default 120 s).
+    pub timeout: Duration,
     /// Declared tools (command kind); mcp-stdio tools are discovered.
     pub tools: Vec<ToolDecl>,
     /// Hosts it may reach and the secrets injected there.
@@ -150,6 +152,8 @@ struct RawManifest {
     env: BTreeMap<String, String>,
     #[serde(default)]
     source: Option<Spanned<String>>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
     #[serde(default)]
     tools: Vec<RawTool>,
     #[serde(default)]
@@ -389,7 +393,7 @@ pub fn parse_manifest(
             input_schema,
             output_schema,
             annotations: tool.annotations,
-            timeout: tool.timeout.unwrap_or(DEFAULT_TIMEOUT),
+            timeout: tool.timeout.or(raw.timeout).unwrap_or(DEFAULT_TIMEOUT),
             safe_to_log: tool.safe_to_log,
         });
     }
@@ -485,6 +489,7 @@ pub fn parse_manifest(
         command,
         env: raw.env,
         source: raw.source.map(Spanned::into_inner),
+        timeout: raw.timeout.unwrap_or(DEFAULT_TIMEOUT),
         tools,
         egress,
     })

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chiron_core::PrincipalId;
-use chiron_runner::local::{LocalBackend, LocalConfig};
+use chiron_runner::local::{LocalBackend, LocalConfig, Mounts};
 use chiron_runner::{CommandCall, PoolConfig, RunnerBackend, RunnerPool, ToolRunner};
 use chiron_tools::{PackageKind, ToolPackage};
 
@@ -62,13 +62,18 @@ fn main() {
         command: vec!["true".into()],
         env: Default::default(),
         source: None,
+        timeout: Duration::from_secs(120),
         tools: vec![],
         egress: vec![],
     });
     let config = LocalConfig {
         agent: vec![env!("CARGO_BIN_EXE_chiron").into(), "runner-agent".into()],
         data_dir: data.path().join("data"),
-        tools: BTreeMap::from([("native".to_owned(), tools)]),
+        mounts: Mounts {
+            tools: BTreeMap::from([("native".to_owned(), tools)]),
+            ..Default::default()
+        },
+        ca_bundle: None,
         memory_limit: 512 * 1024 * 1024,
         pids_limit: 128,
     };

@@ -178,6 +178,12 @@ pub enum ToolCommand {
     List,
     /// Make the running server load its tool packages again (sends it SIGHUP).
     Reload,
+    /// Install the declared `source` (pypi:/npm:) of packages, once per version, into the
+    /// data directory; then `chiron tool reload` (or a restart) makes them available.
+    Install {
+        /// Package names; all packages that declare a source when omitted.
+        packages: Vec<String>,
+    },
     /// Validate package folders (or folders of packages); errors name file, line and field.
     Check {
         /// Package folders or folders of packages.

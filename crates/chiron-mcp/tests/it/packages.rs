@@ -5,7 +5,9 @@ use chiron_auth::Authenticated;
 use chiron_core::time_util::now;
 use chiron_core::{Actor, CreatedVia, McpToken, Principal, Scope, Scopes, TokenId};
 use chiron_mcp::{CatalogError, PackageCatalog, ToolCatalog};
-use chiron_runner::{CommandCall, CommandOutcome, RunnerError, ToolRunner};
+use chiron_runner::{
+    CommandCall, CommandOutcome, RunnerError, StdioCall, StdioOutcome, ToolRunner,
+};
 use chiron_store::grants::GrantSubject;
 use chiron_store::testing::{store, TestDb};
 use chiron_store::tool_calls::ToolCallFilter;
@@ -18,6 +20,7 @@ use serde_json::{json, Value};
 struct FakeRunner {
     calls: Mutex<Vec<CommandCall>>,
     next: Mutex<Vec<Result<CommandOutcome, RunnerError>>>,
+    stdio_calls: Mutex<Vec<String>>,
 }
 
 #[async_trait]
@@ -25,6 +28,17 @@ impl ToolRunner for FakeRunner {
     async fn run_command(&self, call: CommandCall) -> Result<CommandOutcome, RunnerError> {
         self.calls.lock().unwrap().push(call);
         self.next.lock().unwrap().pop().expect("a queued outcome")
+    }
+
+    async fn call_stdio(&self, call: StdioCall) -> Result<StdioOutcome, RunnerError> {
+        let text = format!("{} {}", call.tool, Value::Object(call.arguments));
+        self.stdio_calls.lock().unwrap().push(call.tool);
+        Ok(StdioOutcome {
+            result: Some(rmcp::model::CallToolResult::success(vec![
+                rmcp::model::ContentBlock::text(text),
+            ])),
+            runner_id: "runner-8".into(),
+        })
     }
 }
 
@@ -330,4 +344,87 @@ async fn reloads_are_announced() {
         .await
         .unwrap()
         .is_empty());
+}
+
+#[tokio::test]
+async fn discovered_stdio_tools_are_prefixed_validated_and_sent_to_the_server() {
+    let (store, _db) = store(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("clock")).unwrap();
+    std::fs::write(
+        dir.path().join("clock/chiron-tool.toml"),
+        "name = \"clock\"\nversion = \"1\"\nkind = \"mcp-stdio\"\ncommand = [\"python3\", \"-m\", \"clock\"]\n",
+    )
+    .unwrap();
+    let mut report = load_packages(&[dir.path().to_owned()]);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let server_tool: rmcp::model::Tool = serde_json::from_value(json!({
+        "name": "now",
+        "description": "The time",
+        "inputSchema": {"type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]},
+        "annotations": {"readOnlyHint": true}
+    }))
+    .unwrap();
+    let decl = chiron_mcp::decl_from_server_tool(&server_tool, std::time::Duration::from_secs(9));
+    report.add_discovered("clock", vec![decl]);
+    let runner = Arc::new(FakeRunner::default());
+    let catalog = PackageCatalog::new(store.clone(), runner.clone(), &report);
+    let alice = store.create_principal("alice").await.unwrap();
+    store
+        .add_grant("clock", GrantSubject::Principal(alice.id), Actor::cli())
+        .await
+        .unwrap();
+    let who = caller(&alice);
+
+    let tools = catalog.list_tools(&who).await.unwrap();
+    assert_eq!(tools.len(), 1);
+    assert_eq!(tools[0].name, "clock_now");
+    assert_eq!(
+        tools[0].annotations.as_ref().and_then(|a| a.read_only_hint),
+        Some(true)
+    );
+
+    let bad = catalog
+        .call_tool(&who, "clock_now", args(json!({"zone": 3})))
+        .await
+        .unwrap();
+    assert_eq!(bad.is_error, Some(true));
+    assert!(runner.stdio_calls.lock().unwrap().is_empty());
+
+    let good = catalog
+        .call_tool(&who, "clock_now", args(json!({"zone": "UTC"})))
+        .await
+        .unwrap();
+    assert_ne!(good.is_error, Some(true));
+    assert!(text(&good).contains("now"), "{}", text(&good));
+    assert_eq!(*runner.stdio_calls.lock().unwrap(), vec!["now".to_owned()]);
+}
+
+#[test]
+fn a_discovered_tool_that_collides_rejects_its_package() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, body) in [
+        ("a_b", "name = \"a_b\"\nversion = \"1\"\nkind = \"command\"\ncommand = [\"true\"]\n[[tools]]\nname = \"c\"\ninput_schema = { type = \"object\" }\n"),
+        ("a", "name = \"a\"\nversion = \"1\"\nkind = \"mcp-stdio\"\ncommand = [\"srv\"]\n"),
+    ] {
+        std::fs::create_dir(dir.path().join(name)).unwrap();
+        std::fs::write(dir.path().join(name).join("chiron-tool.toml"), body).unwrap();
+    }
+    let mut report = load_packages(&[dir.path().to_owned()]);
+    let tool: rmcp::model::Tool =
+        serde_json::from_value(json!({"name": "b_c", "inputSchema": {"type": "object"}})).unwrap();
+    report.add_discovered(
+        "a",
+        vec![chiron_mcp::decl_from_server_tool(
+            &tool,
+            std::time::Duration::from_secs(1),
+        )],
+    );
+    assert!(!report.packages.contains_key("a"));
+    assert!(report.packages.contains_key("a_b"));
+    let error = report.errors.last().unwrap().to_string();
+    assert!(
+        error.contains("a/chiron-tool.toml") && error.contains("collides"),
+        "{error}"
+    );
 }

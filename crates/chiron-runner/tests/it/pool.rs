@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use chiron_core::PrincipalId;
 use chiron_runner::{
     CommandCall, CommandOutcome, PoolConfig, Runner, RunnerBackend, RunnerError, RunnerPool,
-    ToolRunner,
+    StdioCall, StdioOutcome, ToolRunner,
 };
 use chiron_tools::{PackageKind, ToolPackage};
 use tokio::sync::Notify;
@@ -30,6 +30,10 @@ impl Runner for FakeRunner {
 
     fn is_alive(&self) -> bool {
         self.alive.load(Ordering::SeqCst)
+    }
+
+    async fn call_stdio(&self, _call: StdioCall) -> Result<StdioOutcome, RunnerError> {
+        Err(RunnerError::Server("no stdio servers in this fake".into()))
     }
 
     async fn run_command(&self, call: CommandCall) -> Result<CommandOutcome, RunnerError> {
@@ -106,6 +110,7 @@ fn call(principal: PrincipalId) -> CommandCall {
             command: vec!["true".into()],
             env: Default::default(),
             source: None,
+            timeout: Duration::from_secs(5),
             tools: vec![],
             egress: vec![],
         }),

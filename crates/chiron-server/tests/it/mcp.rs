@@ -532,6 +532,13 @@ impl chiron_runner::ToolRunner for NoRunner {
     ) -> Result<chiron_runner::CommandOutcome, chiron_runner::RunnerError> {
         Err(chiron_runner::RunnerError::Start("not in this test".into()))
     }
+
+    async fn call_stdio(
+        &self,
+        _call: chiron_runner::StdioCall,
+    ) -> Result<chiron_runner::StdioOutcome, chiron_runner::RunnerError> {
+        Err(chiron_runner::RunnerError::Start("not in this test".into()))
+    }
 }
 
 #[tokio::test]

@@ -5,8 +5,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chiron_core::{Config, CreatedVia};
+use chiron_server::tools::{packages_with_sources, ToolRuntime};
 use chiron_server::{serve, setup, AppState};
 use tokio_util::sync::CancellationToken;
+
+/// The `mcp-stdio` example the demo installs and grants.
+const DEMO_STDIO_PACKAGE: &str = "time";
 
 pub async fn run(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
     // Runner homes and the pid file live in the data directory whatever the database is.
@@ -17,21 +21,35 @@ pub async fn run(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
     let auth = setup::auth_service(&config, store.clone())?;
     let agent = std::env::current_exe().context("locating the chiron binary for runner agents")?;
     let agent = vec![agent.display().to_string(), "runner-agent".into()];
-    let tools = setup::tool_runtime(&config, store.clone(), agent);
-    for err in &tools.report.errors {
+    if demo {
+        // The example stdio server comes from PyPI: install it (once) with visible progress.
+        // Without network the demo still runs, without it.
+        if packages_with_sources(&config).contains_key(DEMO_STDIO_PACKAGE) {
+            let names = [DEMO_STDIO_PACKAGE.to_owned()];
+            if let Ok(code) = super::tool::install(&config, &names) {
+                if code != ExitCode::SUCCESS {
+                    eprintln!("continuing without the `{DEMO_STDIO_PACKAGE}` example");
+                }
+            }
+        }
+    }
+    let (tools, report) = ToolRuntime::start(&config, store.clone(), agent).await;
+    for err in &report.errors {
         tracing::warn!(error = %err, "tool package skipped");
     }
     tracing::info!(
-        packages = tools.report.packages.len(),
-        tools = tools.report.tools.len(),
+        packages = report.packages.len(),
+        tools = report.tools.len(),
         "tool packages loaded"
     );
     let mut handover = None;
     if demo {
-        if tools.report.packages.contains_key("echo") {
-            setup::grant_to_demo(&store, "echo")
-                .await
-                .context("granting echo to the demo principal")?;
+        for package in ["echo", DEMO_STDIO_PACKAGE] {
+            if report.packages.contains_key(package) {
+                setup::grant_to_demo(&store, package)
+                    .await
+                    .with_context(|| format!("granting {package} to the demo principal"))?;
+            }
         }
         let admin = setup::bootstrap_admin(&auth, CreatedVia::Demo)
             .await
@@ -71,7 +89,7 @@ pub async fn run(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
         let tools = tools.clone();
         tokio::spawn(async move {
             while hangup.recv().await.is_some() {
-                let report = tools.reload();
+                let report = tools.reload().await;
                 for err in &report.errors {
                     tracing::warn!(error = %err, "tool package skipped");
                 }

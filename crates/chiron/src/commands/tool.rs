@@ -1,4 +1,5 @@
-//! `chiron tool list|check`: load packages the way the server will and report every problem.
+//! `chiron tool list|check|install|reload`: load packages the way the server will and report
+//! every problem; install declared sources; ask a running server to reload.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,19 +7,23 @@ use std::process::ExitCode;
 use chiron_core::Config;
 use chiron_tools::{load_packages, LoadReport, PackageKind};
 
+use chiron_server::tools::{install_source, packages_with_sources, source_installed, tool_dirs};
+
 use crate::cli::ToolCommand;
 
 pub fn run(config: Config, command: ToolCommand) -> anyhow::Result<ExitCode> {
     match command {
         ToolCommand::List => {
-            if config.tools.dirs.is_empty() {
+            let dirs = tool_dirs(&config);
+            if dirs.is_empty() {
                 eprintln!("no tool directories configured (set tools.dirs or CHIRON_TOOLS__DIRS)");
                 return Ok(ExitCode::SUCCESS);
             }
-            let report = load_packages(&config.tools.dirs);
-            print_packages(&report);
+            let report = load_packages(&dirs);
+            print_packages(&config, &report);
             Ok(finish(&report))
         }
+        ToolCommand::Install { packages } => install(&config, &packages),
         ToolCommand::Reload => {
             let pid_file = chiron_server::setup::pid_file(&config);
             let pid: i32 = std::fs::read_to_string(&pid_file)
@@ -62,7 +67,42 @@ fn show(dirs: &[PathBuf]) -> String {
         .join(", ")
 }
 
-fn print_packages(report: &LoadReport) {
+/// Installs the sources of `names` (all packages with one when empty), printing progress.
+pub fn install(config: &Config, names: &[String]) -> anyhow::Result<ExitCode> {
+    let available = packages_with_sources(config);
+    for name in names {
+        if !available.contains_key(name) {
+            anyhow::bail!(
+                "no package named `{name}` with a `source` in {}",
+                show(&tool_dirs(config))
+            );
+        }
+    }
+    let mut failed = false;
+    for (name, package) in &available {
+        if !names.is_empty() && !names.contains(name) {
+            continue;
+        }
+        let source = package.source.as_deref().unwrap_or_default();
+        println!("installing {name}: {source}");
+        let mut progress = |line: &str| println!("  {line}");
+        match install_source(config, package, &mut progress) {
+            Ok((dir, true)) => println!("installed {name} into {}", dir.display()),
+            Ok((_, false)) => println!("{name}: {source} is already installed"),
+            Err(err) => {
+                eprintln!("error: {err}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn print_packages(config: &Config, report: &LoadReport) {
     for package in report.packages.values() {
         let kind = match package.kind {
             PackageKind::Command => "command",
@@ -75,8 +115,18 @@ fn print_packages(report: &LoadReport) {
             package.description,
             package.dir.display()
         );
+        if let Some(source) = &package.source {
+            let data_dir = std::fs::canonicalize(&config.server.data_dir)
+                .unwrap_or_else(|_| config.server.data_dir.clone());
+            let state = if source_installed(&data_dir, package) {
+                "installed"
+            } else {
+                "not installed: run `chiron tool install`"
+            };
+            println!("    source {source} ({state})");
+        }
         if package.kind == PackageKind::McpStdio {
-            println!("    tools discovered from the server at start-up");
+            println!("    tools discovered from the server when it loads");
         }
         for tool in &package.tools {
             println!("    {}_{}  {}", package.name, tool.name, tool.description);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chiron_core::PrincipalId;
-use chiron_runner::local::{LocalBackend, LocalConfig};
+use chiron_runner::local::{LocalBackend, LocalConfig, Mounts};
 use chiron_runner::{CommandCall, CommandOutcome, PoolConfig, RunnerPool, ToolRunner};
 use chiron_tools::{PackageKind, ToolPackage};
 
@@ -47,13 +47,18 @@ fn sandbox() -> Sandbox {
         command: vec!["python3".into(), "probe.py".into()],
         env: Default::default(),
         source: None,
+        timeout: Duration::from_secs(120),
         tools: vec![],
         egress: vec![],
     });
     let config = LocalConfig {
         agent: vec![env!("CARGO_BIN_EXE_chiron").into(), "runner-agent".into()],
         data_dir: data.path().join("data"),
-        tools: BTreeMap::from([("probe".to_owned(), tools)]),
+        mounts: Mounts {
+            tools: BTreeMap::from([("probe".to_owned(), tools)]),
+            ..Default::default()
+        },
+        ca_bundle: None,
         memory_limit: 256 * 1024 * 1024,
         pids_limit: 64,
     };
