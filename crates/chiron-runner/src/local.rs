@@ -727,13 +727,15 @@ impl Runner for LocalRunner {
                 }
             }
         };
-        let result = server
-            .call(&call.tool, call.arguments, call.timeout)
-            .await
-            .map_err(RunnerError::Server)?;
-        if result.is_none() {
-            // Stuck: stop it; the next call starts it afresh.
-            self.servers.lock().await.remove(&name);
+        let result = server.call(&call.tool, call.arguments, call.timeout).await;
+        if !matches!(result, Ok(Some(_))) {
+            // Gone or stuck: forget it and stop what is left of it; the next call starts it
+            // afresh.
+            let mut servers = self.servers.lock().await;
+            if servers.get(&name).is_some_and(|s| Arc::ptr_eq(s, &server)) {
+                servers.remove(&name);
+            }
+            drop(servers);
             let kill = Request {
                 id: self.next_id.fetch_add(1, Ordering::Relaxed),
                 kill: Some(server.pid),
@@ -741,6 +743,7 @@ impl Runner for LocalRunner {
             };
             let _ = self.send(&kill).await;
         }
+        let result = result.map_err(RunnerError::Server)?;
         Ok(StdioOutcome {
             result,
             runner_id: self.id.clone(),

@@ -39,6 +39,16 @@ fn probe(url: &str, headers: Value, mode: &str, steps: Value) -> Vec<Value> {
         .unwrap_or_else(|err| panic!("probe printed no JSON ({err}): {stdout}"))
 }
 
+/// The packages shipped in the repository (`tools/`).
+fn shipped_tools() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tools")
+        .canonicalize()
+        .unwrap()
+        .display()
+        .to_string()
+}
+
 fn bearer(token: &str) -> Value {
     json!({ "Authorization": format!("Bearer {token}") })
 }
@@ -95,7 +105,8 @@ fn sdk_lists_and_calls_whoami_in_both_protocol_eras() {
 
 #[test]
 fn the_demo_handover_connects_verbatim() {
-    let chiron = Chiron::new();
+    let mut chiron = Chiron::new();
+    chiron.set_env("CHIRON_TOOLS__DIRS", &format!("[\"{}\"]", shipped_tools()));
     let server = chiron.serve(&["serve", "--demo"]);
     let handover = &server.handover;
 
@@ -115,12 +126,33 @@ fn the_demo_handover_connects_verbatim() {
         url,
         headers,
         "legacy",
-        json!([{"op": "call", "name": "whoami"}]),
+        json!([
+            {"op": "call", "name": "whoami"},
+            {"op": "list"},
+            {"op": "call", "name": "time_get_current_time", "arguments": {"timezone": "UTC"}},
+        ]),
     );
     assert_eq!(
         results[0]["structuredContent"]["principal_name"], "demo",
         "{results:?}"
     );
+    // The demo installed the example stdio server (showing pip's progress) and granted it
+    // with echo.
+    assert!(
+        handover.contains("installing time: pypi:mcp-server-time==2026.10.19")
+            && handover.contains("  Successfully installed"),
+        "{handover}"
+    );
+    assert_eq!(
+        results[1]["tools"],
+        json!([
+            "whoami",
+            "echo_echo",
+            "time_convert_time",
+            "time_get_current_time"
+        ])
+    );
+    assert_eq!(results[2]["isError"], false, "{results:?}");
     assert!(handover.contains(&format!(
         "claude mcp add --transport http chiron {url} --header \"Authorization: Bearer chi_"
     )));
@@ -139,20 +171,20 @@ fn granted_package_tools_run_in_the_principals_sandbox() {
     )
     .unwrap();
     std::fs::write(probe_dir.join("probe.py"), "import json, os\nprint(json.dumps({'pidns': os.readlink('/proc/self/ns/pid'), 'pid': os.getpid()}))\n").unwrap();
-    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tools")
-        .canonicalize()
-        .unwrap();
     let pkgs = chiron.dir.path().join("pkgs").canonicalize().unwrap();
     chiron.set_env(
         "CHIRON_TOOLS__DIRS",
-        &format!("[\"{}\", \"{}\"]", shipped.display(), pkgs.display()),
+        &format!("[\"{}\", \"{}\"]", shipped_tools(), pkgs.display()),
     );
 
     chiron.ok(&["principal", "add", "alice"]);
     chiron.ok(&["principal", "add", "bob"]);
     chiron.ok(&["grant", "add", "echo", "--principal", "alice"]);
     chiron.ok(&["grant", "add", "nsprobe", "--principal", "alice"]);
+    // The third-party stdio server (mcp-server-time from PyPI, offline from local wheels).
+    let installed = chiron.ok(&["tool", "install", "time"]);
+    assert!(installed.contains("installed time"), "{installed}");
+    chiron.ok(&["grant", "add", "time", "--principal", "alice"]);
     let alice = chiron
         .ok(&["token", "issue", "--principal", "alice"])
         .trim()
@@ -173,12 +205,45 @@ fn granted_package_tools_run_in_the_principals_sandbox() {
             {"op": "call", "name": "echo_echo", "arguments": {"text": "hi"}},
             {"op": "call", "name": "echo_echo", "arguments": {"text": 7}},
             {"op": "call", "name": "nsprobe_pidns"},
+            {"op": "call", "name": "time_get_current_time", "arguments": {"timezone": "Europe/Paris"}},
+            {"op": "call", "name": "time_convert_time", "arguments": {"source_timezone": "UTC", "time": "12:00", "target_timezone": "Asia/Tokyo"}},
+            {"op": "call", "name": "time_get_current_time", "arguments": {"timezone": 5}},
         ]),
     );
     assert_eq!(
         results[0]["tools"],
-        json!(["whoami", "echo_echo", "nsprobe_pidns"])
+        json!([
+            "whoami",
+            "echo_echo",
+            "nsprobe_pidns",
+            "time_convert_time",
+            "time_get_current_time"
+        ])
     );
+    // Real answers from the real server.
+    let now = results[4]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        now.contains("Europe/Paris") && now.contains("datetime"),
+        "{results:?}"
+    );
+    assert_eq!(results[4]["isError"], false);
+    let converted = results[5]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(converted.contains("21:00"), "{converted}");
+    assert_eq!(results[6]["isError"], true);
+    assert!(results[6]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .contains("/timezone"));
+    // The server runs inside alice's runner: another pid namespace, an unprivileged host id.
+    let gateway_ns = std::fs::read_link("/proc/self/ns/pid").unwrap();
+    let servers = crate::support::processes_matching("mcp_server_time");
+    assert_eq!(servers.len(), 1, "one warm server: {servers:?}");
+    assert_ne!(servers[0].1, gateway_ns.to_string_lossy());
+    assert_ne!(servers[0].2, 0, "the server runs as host root");
     assert_eq!(
         results[1]["structuredContent"]["arguments"],
         json!({"text": "hi"}),
@@ -189,7 +254,6 @@ fn granted_package_tools_run_in_the_principals_sandbox() {
         .as_str()
         .unwrap()
         .contains("/text"));
-    let gateway_ns = std::fs::read_link("/proc/self/ns/pid").unwrap();
     let tool_ns = results[3]["structuredContent"]["pidns"]
         .as_str()
         .unwrap()
@@ -231,7 +295,7 @@ fn granted_package_tools_run_in_the_principals_sandbox() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(calls.len(), 5, "{audit}");
+    assert_eq!(calls.len(), 8, "{audit}");
     // Newest first in the audit; oldest first here.
     let outcomes: Vec<&str> = calls
         .iter()
@@ -244,6 +308,9 @@ fn granted_package_tools_run_in_the_principals_sandbox() {
             "ok",
             "invalid_arguments",
             "ok",
+            "ok",
+            "ok",
+            "invalid_arguments",
             "unknown_tool",
             "unknown_tool"
         ]
@@ -254,8 +321,14 @@ fn granted_package_tools_run_in_the_principals_sandbox() {
         .all(|c| c["arg_values"] == r#"{"text":"hi"}"#));
     assert!(calls
         .iter()
-        .filter(|c| c["tool"] == "nsprobe_pidns")
+        .filter(|c| c["tool"] != "echo_echo")
         .all(|c| c["arg_values"].is_null()));
+    assert!(calls
+        .iter()
+        .filter(|c| c["tool"] == "time_get_current_time" && c["outcome"] == "ok")
+        .all(|c| c["runner_id"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("runner-"))));
 }
 
 /// The host pids of every running `chiron runner-agent` whose command line mentions `marker`.

@@ -8,14 +8,43 @@ use std::time::Duration;
 
 use chiron_core::PrincipalId;
 use chiron_runner::local::{LocalBackend, LocalConfig, Mounts};
-use chiron_runner::{CommandCall, CommandOutcome, PoolConfig, RunnerPool, ToolRunner};
+use chiron_runner::{CommandCall, CommandOutcome, PoolConfig, RunnerPool, StdioCall, ToolRunner};
 use chiron_tools::{PackageKind, ToolPackage};
 
 struct Sandbox {
     pool: Arc<RunnerPool>,
+    backend: Arc<LocalBackend>,
     data: tempfile::TempDir,
     package: Arc<ToolPackage>,
+    /// An `mcp-stdio` package: a small stdio MCP server (see [`FAKE_SERVER`]).
+    stdio: Arc<ToolPackage>,
 }
+
+/// A minimal stdio MCP server for the runner tests: `pid` answers with its pid and proxy
+/// variable, `die` exits, `hang` never answers.
+const FAKE_SERVER: &str = r#"
+import json, os, sys, time
+def send(message):
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+for line in sys.stdin:
+    message = json.loads(line)
+    method, ident = message.get("method"), message.get("id")
+    if method == "initialize":
+        send({"jsonrpc": "2.0", "id": ident, "result": {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}}, "serverInfo": {"name": "fake", "version": "1"}}})
+    elif method == "tools/list":
+        send({"jsonrpc": "2.0", "id": ident, "result": {"tools": [{"name": n, "inputSchema": {"type": "object"}} for n in ("pid", "die", "hang")]}})
+    elif method == "tools/call":
+        name = message["params"]["name"]
+        if name == "die":
+            os._exit(3)
+        if name == "hang":
+            time.sleep(3600)
+        text = json.dumps({"pid": os.getpid(), "proxy": os.environ.get("HTTPS_PROXY", "")})
+        send({"jsonrpc": "2.0", "id": ident, "result": {"content": [{"type": "text", "text": text}]}})
+    elif ident is not None:
+        send({"jsonrpc": "2.0", "id": ident, "error": {"code": -32601, "message": "unknown method"}})
+"#;
 
 /// A package whose one tool runs `python3 -c <code>` with the call's arguments on stdin.
 fn sandbox() -> Sandbox {
@@ -51,25 +80,35 @@ fn sandbox() -> Sandbox {
         tools: vec![],
         egress: vec![],
     });
+    let stdio_dir = data.path().join("tools/fake");
+    std::fs::create_dir_all(&stdio_dir).unwrap();
+    std::fs::write(stdio_dir.join("server.py"), FAKE_SERVER).unwrap();
+    let stdio = Arc::new(ToolPackage {
+        dir: stdio_dir.clone(),
+        name: "fake".into(),
+        kind: PackageKind::McpStdio,
+        command: vec!["python3".into(), "server.py".into()],
+        ..(*package).clone()
+    });
     let config = LocalConfig {
         agent: vec![env!("CARGO_BIN_EXE_chiron").into(), "runner-agent".into()],
         data_dir: data.path().join("data"),
         mounts: Mounts {
-            tools: BTreeMap::from([("probe".to_owned(), tools)]),
+            tools: BTreeMap::from([("probe".to_owned(), tools), ("fake".to_owned(), stdio_dir)]),
             ..Default::default()
         },
         ca_bundle: None,
         memory_limit: 256 * 1024 * 1024,
         pids_limit: 64,
     };
-    let pool = Arc::new(RunnerPool::new(
-        Arc::new(LocalBackend::new(config)),
-        PoolConfig::default(),
-    ));
+    let backend = Arc::new(LocalBackend::new(config));
+    let pool = Arc::new(RunnerPool::new(backend.clone(), PoolConfig::default()));
     Sandbox {
         pool,
+        backend,
         data,
         package,
+        stdio,
     }
 }
 
@@ -97,6 +136,101 @@ impl Sandbox {
             .await
             .unwrap()
     }
+}
+
+impl Sandbox {
+    /// Calls a tool of the fake stdio server; `None` when the timeout passed.
+    async fn call_stdio(
+        &self,
+        principal: PrincipalId,
+        tool: &str,
+        timeout: Duration,
+    ) -> Result<Option<serde_json::Value>, chiron_runner::RunnerError> {
+        let outcome = self
+            .pool
+            .call_stdio(StdioCall {
+                principal,
+                package: self.stdio.clone(),
+                tool: tool.into(),
+                arguments: serde_json::Map::new(),
+                timeout,
+                call_id: "test".into(),
+            })
+            .await?;
+        Ok(outcome.result.map(|result| {
+            let text = serde_json::to_value(&result.content).unwrap()[0]["text"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            serde_json::from_str(&text).unwrap()
+        }))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdio_servers_are_discovered_kept_warm_and_restarted() {
+    let s = sandbox();
+    let tools = s.backend.discover(&s.stdio).await.unwrap();
+    let names: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
+    assert_eq!(names, ["pid", "die", "hang"]);
+
+    let alice = PrincipalId::new();
+    let long = Duration::from_secs(30);
+    let first = s.call_stdio(alice, "pid", long).await.unwrap().unwrap();
+    let second = s.call_stdio(alice, "pid", long).await.unwrap().unwrap();
+    assert_eq!(first["pid"], second["pid"], "the server was not kept warm");
+    assert!(first["pid"].as_u64().unwrap() < 100, "not in the sandbox");
+    assert!(
+        first["proxy"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://chiron:"),
+        "{first}"
+    );
+
+    // A server that dies fails its call; the next call starts it again in the same runner.
+    assert!(s.call_stdio(alice, "die", long).await.is_err());
+    let third = s.call_stdio(alice, "pid", long).await.unwrap().unwrap();
+    assert_ne!(third["pid"], first["pid"]);
+    // A server that hangs past the timeout is stopped; the next call gets a fresh one.
+    let hung = s
+        .call_stdio(alice, "hang", Duration::from_millis(500))
+        .await
+        .unwrap();
+    assert!(hung.is_none());
+    let fourth = s.call_stdio(alice, "pid", long).await.unwrap().unwrap();
+    assert_ne!(fourth["pid"], third["pid"]);
+    assert_eq!(
+        s.pool
+            .stats()
+            .created
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_process_gets_its_own_proxy_credential_and_the_listener_answers() {
+    let s = sandbox();
+    let alice = PrincipalId::new();
+    // Positive control for egress: the runner's proxy listener is reachable from inside
+    // (without an egress proxy configured it refuses with 403 and Proxy-Status).
+    let code = "import os, socket\ns = socket.create_connection(('127.0.0.1', 3128))\ns.sendall(b'CONNECT example.com:443 HTTP/1.1\\r\\nHost: example.com:443\\r\\n\\r\\n')\nreply = s.recv(4096).decode()\nprint(reply.splitlines()[0], '|', [l for l in reply.splitlines() if l.startswith('Proxy-Status')][0], '|', os.environ['HTTPS_PROXY'], os.environ['http_proxy'] == os.environ['HTTPS_PROXY'])";
+    let first = stdout(&s.run(alice, code).await);
+    let second = stdout(&s.run(alice, code).await);
+    let fields: Vec<&str> = first.split(" | ").collect();
+    assert_eq!(fields[0], "HTTP/1.1 403 Forbidden", "{first}");
+    assert!(fields[1].contains("destination_not_allowed"), "{first}");
+    assert!(
+        fields[2].starts_with("http://chiron:") && fields[2].ends_with("@127.0.0.1:3128 True"),
+        "{first}"
+    );
+    let credential = |line: &str| line.split(" | ").nth(2).unwrap().to_owned();
+    assert_ne!(
+        credential(&first),
+        credential(&second),
+        "credentials are per process"
+    );
 }
 
 fn stdout(outcome: &CommandOutcome) -> String {

@@ -13,6 +13,46 @@ pub struct Chiron {
     pub logs: String,
 }
 
+/// The wheels of the third-party stdio MCP server the tests install (scripts/test downloads
+/// them into .cache/wheels).
+pub fn wheels() -> PathBuf {
+    if let Ok(path) = std::env::var("CHIRON_TEST_WHEELS") {
+        return PathBuf::from(path);
+    }
+    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/wheels");
+    assert!(
+        local.join(".complete").exists(),
+        "no wheels for the stdio tool tests: run scripts/test (it downloads them into .cache/wheels) or set CHIRON_TEST_WHEELS"
+    );
+    local.canonicalize().unwrap()
+}
+
+/// Every process whose command line contains `needle`, with its pid-namespace link and uid.
+pub fn processes_matching(needle: &str) -> Vec<(u32, String, u32)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmdline).contains(needle) {
+            continue;
+        }
+        let ns = std::fs::read_link(format!("/proc/{pid}/ns/pid"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|uid| uid.parse().ok())
+            .unwrap_or(0);
+        found.push((pid, ns, uid));
+    }
+    found
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -28,10 +68,16 @@ impl Chiron {
         // Sandboxes run as unprivileged host ids that must pass through to their homes.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        // Package installs (`chiron tool install`, the demo) never reach the network: pip
+        // only sees the wheels scripts/test downloaded.
+        let env = vec![
+            ("PIP_NO_INDEX".to_owned(), "1".to_owned()),
+            ("PIP_FIND_LINKS".to_owned(), wheels().display().to_string()),
+        ];
         Self {
             dir,
             port: 8787,
-            env: Vec::new(),
+            env,
             logs: String::new(),
         }
     }
