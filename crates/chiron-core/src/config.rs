@@ -187,6 +187,10 @@ pub struct ToolsConfig {
     pub python: PathBuf,
     /// The npm that installs `npm:` sources.
     pub npm: PathBuf,
+    /// How often a server checks storage for grant and group changes made elsewhere (the CLI,
+    /// another replica) to tell open sessions that their tool list changed.
+    #[serde(with = "humantime_serde")]
+    pub access_poll_interval: Duration,
 }
 
 impl Default for ToolsConfig {
@@ -196,6 +200,7 @@ impl Default for ToolsConfig {
             watch: true,
             python: PathBuf::from("/usr/bin/python3"),
             npm: PathBuf::from("npm"),
+            access_poll_interval: Duration::from_secs(2),
         }
     }
 }

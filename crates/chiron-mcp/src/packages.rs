@@ -177,6 +177,40 @@ pub fn decl_from_server_tool(tool: &Tool, timeout: std::time::Duration) -> ToolD
     }
 }
 
+impl PackageCatalog {
+    /// Watches storage for grant and group changes made by any process (the CLI, another
+    /// replica) and announces them to open sessions, until `shutdown`.
+    pub fn spawn_access_watcher(
+        self: &Arc<Self>,
+        period: std::time::Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let catalog = self.clone();
+        tokio::spawn(async move {
+            let mut last = catalog.store.access_revision().await.ok();
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = shutdown.cancelled() => break,
+                }
+                match catalog.store.access_revision().await {
+                    Ok(revision) if last.as_ref() != Some(&revision) => {
+                        if last.is_some() {
+                            tracing::debug!("grants changed; announcing new tool lists");
+                            catalog.notify_changed();
+                        }
+                        last = Some(revision);
+                    }
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(error = %err, "could not check for grant changes"),
+                }
+            }
+        })
+    }
+}
+
 /// The first schema violations as `path: message` lines (the 2025-11-25 spec asks that the
 /// failing path be named).
 fn invalid_arguments(validator: &jsonschema::Validator, arguments: &Value) -> Option<String> {

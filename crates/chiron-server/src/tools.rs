@@ -385,3 +385,62 @@ pub fn packages_with_sources(config: &Config) -> BTreeMap<String, ToolPackage> {
         .filter(|(_, package)| package.source.is_some())
         .collect()
 }
+
+/// How long the tool directories must be quiet after a change before packages are reloaded,
+/// so an editor's save or a copied folder causes one reload, not dozens.
+const WATCH_QUIET: std::time::Duration = std::time::Duration::from_millis(300);
+
+impl ToolRuntime {
+    /// Reloads the packages whenever a file under the tool directories changes, until
+    /// `shutdown`. Returns `None` (after logging why) when the directories cannot be watched.
+    pub fn spawn_watcher(
+        self: &Arc<Self>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        use notify::Watcher;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok_and(|e| !e.kind.is_access()) {
+                let _ = tx.send(());
+            }
+        });
+        let mut watcher = match watcher {
+            Ok(watcher) => watcher,
+            Err(err) => {
+                tracing::warn!(error = %err, "tool directories are not watched; use `chiron tool reload`");
+                return None;
+            }
+        };
+        for dir in &self.dirs {
+            if let Err(err) = watcher.watch(dir, notify::RecursiveMode::Recursive) {
+                tracing::warn!(dir = %dir.display(), error = %err, "tool directory is not watched; use `chiron tool reload`");
+            }
+        }
+        let runtime = self.clone();
+        Some(tokio::spawn(async move {
+            let _watcher = watcher;
+            loop {
+                tokio::select! {
+                    changed = rx.recv() => if changed.is_none() { break },
+                    () = shutdown.cancelled() => break,
+                }
+                // Let the burst of events settle.
+                while let Ok(Some(())) = tokio::time::timeout(WATCH_QUIET, rx.recv()).await {}
+                let report = runtime.reload().await;
+                log_report(&report, "tool packages reloaded after a change");
+            }
+        }))
+    }
+}
+
+/// Logs what loading found: each skipped package, then the totals.
+pub fn log_report(report: &LoadReport, what: &'static str) {
+    for err in &report.errors {
+        tracing::warn!(error = %err, "tool package skipped");
+    }
+    tracing::info!(
+        packages = report.packages.len(),
+        tools = report.tools.len(),
+        "{what}"
+    );
+}

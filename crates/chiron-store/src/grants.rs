@@ -165,6 +165,26 @@ impl Store {
         rows.iter().map(grant_row).collect()
     }
 
+    /// A fingerprint of everything that decides who may use which package (grants and group
+    /// memberships): it changes whenever any of it changes, whichever process changed it, so
+    /// a server can notice changes made by the CLI or another replica.
+    pub async fn access_revision(&self) -> Result<String, StoreError> {
+        use sqlx::Row;
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM grants) AS grants,
+                    (SELECT COALESCE(MAX(id), '') FROM grants) AS newest_grant,
+                    (SELECT COUNT(*) FROM group_members) AS members,
+                    (SELECT COALESCE(MAX(added_at), 0) FROM group_members) AS newest_member",
+        )
+        .fetch_one(self.pool())
+        .await?;
+        let grants: i64 = row.try_get("grants")?;
+        let newest_grant: String = row.try_get("newest_grant")?;
+        let members: i64 = row.try_get("members")?;
+        let newest_member: i64 = row.try_get("newest_member")?;
+        Ok(format!("{grants}:{newest_grant}:{members}:{newest_member}"))
+    }
+
     /// The packages a principal may use: granted to it, to one of its groups, or to everyone.
     pub async fn granted_packages(
         &self,

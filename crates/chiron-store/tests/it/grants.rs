@@ -74,3 +74,34 @@ backend_tests!(
         );
     }
 );
+
+backend_tests!(
+    the_access_revision_changes_with_grants_and_memberships,
+    |store: Store| async move {
+        let alice = store.create_principal("alice").await.unwrap();
+        let eng = store.create_group("eng").await.unwrap();
+        let mut seen = vec![store.access_revision().await.unwrap()];
+        let mut changed = |revision: String| {
+            assert!(
+                !seen.contains(&revision),
+                "{revision} seen before: {seen:?}"
+            );
+            seen.push(revision);
+        };
+        store
+            .add_grant("echo", GrantSubject::Principal(alice.id), Actor::cli())
+            .await
+            .unwrap();
+        changed(store.access_revision().await.unwrap());
+        store.add_group_member(eng.id, alice.id).await.unwrap();
+        changed(store.access_revision().await.unwrap());
+        store
+            .remove_grant("echo", GrantSubject::Principal(alice.id), Actor::cli())
+            .await
+            .unwrap();
+        changed(store.access_revision().await.unwrap());
+        // Unchanged state, unchanged revision.
+        let now = store.access_revision().await.unwrap();
+        assert_eq!(now, store.access_revision().await.unwrap());
+    }
+);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chiron_core::{Config, CreatedVia};
-use chiron_server::tools::{packages_with_sources, ToolRuntime};
+use chiron_server::tools::{log_report, packages_with_sources, ToolRuntime};
 use chiron_server::{serve, setup, AppState};
 use tokio_util::sync::CancellationToken;
 
@@ -34,14 +34,7 @@ pub async fn run(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
         }
     }
     let (tools, report) = ToolRuntime::start(&config, store.clone(), agent).await;
-    for err in &report.errors {
-        tracing::warn!(error = %err, "tool package skipped");
-    }
-    tracing::info!(
-        packages = report.packages.len(),
-        tools = report.tools.len(),
-        "tool packages loaded"
-    );
+    log_report(&report, "tool packages loaded");
     let mut handover = None;
     if demo {
         for package in ["echo", DEMO_STDIO_PACKAGE] {
@@ -90,19 +83,20 @@ pub async fn run(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
         tokio::spawn(async move {
             while hangup.recv().await.is_some() {
                 let report = tools.reload().await;
-                for err in &report.errors {
-                    tracing::warn!(error = %err, "tool package skipped");
-                }
-                tracing::info!(
-                    packages = report.packages.len(),
-                    tools = report.tools.len(),
-                    "tool packages reloaded"
-                );
+                log_report(&report, "tool packages reloaded");
             }
         })
     };
 
     let background = CancellationToken::new();
+    let access = tools
+        .catalog
+        .spawn_access_watcher(config.tools.access_poll_interval, background.clone());
+    let watcher = if config.tools.watch {
+        tools.spawn_watcher(background.clone())
+    } else {
+        None
+    };
     let flusher = auth.spawn_usage_flusher(Duration::from_secs(5), background.clone());
     let grace = config.server.shutdown_grace;
     let state = AppState::with_catalog(config, store.clone(), auth, tools.catalog.clone())
@@ -123,6 +117,10 @@ pub async fn run(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
     let _ = reaper.await;
     let _ = runners.await;
     reloader.abort();
+    let _ = access.await;
+    if let Some(watcher) = watcher {
+        let _ = watcher.await;
+    }
     let _ = std::fs::remove_file(&pid_file);
     store.close().await;
     tracing::info!("stopped");

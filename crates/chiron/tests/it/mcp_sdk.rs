@@ -435,7 +435,19 @@ fn http_get(url: &str) -> String {
 
 #[test]
 fn packages_added_while_serving_appear_after_reload() {
+    packages_added_while_serving_appear(true);
+}
+
+#[test]
+fn packages_added_while_serving_appear_when_the_directory_changes() {
+    packages_added_while_serving_appear(false);
+}
+
+/// With `signal`, the directory is not watched and `chiron tool reload` (SIGHUP) does it;
+/// without, the file change alone must.
+fn packages_added_while_serving_appear(signal: bool) {
     let mut chiron = Chiron::new();
+    chiron.set_env("CHIRON_TOOLS__WATCH", if signal { "false" } else { "true" });
     let pkgs = chiron.dir.path().join("pkgs");
     let package = |name: &str, text: &str| {
         let dir = pkgs.join(name);
@@ -472,7 +484,9 @@ fn packages_added_while_serving_appear_after_reload() {
     assert_eq!(results[1]["content"][0]["text"], "one\n", "{results:?}");
 
     package("later", "two");
-    assert!(chiron.ok(&["tool", "reload"]).contains("reload"));
+    if signal {
+        assert!(chiron.ok(&["tool", "reload"]).contains("reload"));
+    }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let listed = probe(&url, bearer(&alice), "legacy", json!([{"op": "list"}]));
@@ -495,4 +509,42 @@ fn packages_added_while_serving_appear_after_reload() {
     let (code, logs) = server.terminate();
     assert_eq!(code, Some(0));
     assert!(logs.contains("tool packages reloaded"), "{logs}");
+}
+
+#[test]
+fn grants_made_with_the_cli_are_announced_to_open_sessions() {
+    let mut chiron = Chiron::new();
+    chiron.set_env("CHIRON_TOOLS__DIRS", &format!("[\"{}\"]", shipped_tools()));
+    chiron.set_env("CHIRON_TOOLS__ACCESS_POLL_INTERVAL", "100ms");
+    chiron.ok(&["principal", "add", "alice"]);
+    let alice = chiron
+        .ok(&["token", "issue", "--principal", "alice"])
+        .trim()
+        .to_owned();
+    let server = chiron.serve(&["serve"]);
+    let url = format!("{}/mcp", chiron.base());
+    // Legacy sessions hear it on their stream; 2026-07-28 clients through subscriptions/listen.
+    for (mode, verb) in [("legacy", "add"), ("2026-07-28", "remove")] {
+        let grant = chiron.command_spec(&["grant", verb, "echo", "--principal", "alice"]);
+        let results = probe(
+            &url,
+            bearer(&alice),
+            mode,
+            json!([
+                {"op": "list"},
+                {"op": "exec_and_await_list_changed", "command": grant, "timeout": 30},
+                {"op": "list"},
+            ]),
+        );
+        assert_eq!(results[1]["changed"], true, "{mode}: {results:?}");
+        let (before, after) = if verb == "add" {
+            (json!(["whoami"]), json!(["whoami", "echo_echo"]))
+        } else {
+            (json!(["whoami", "echo_echo"]), json!(["whoami"]))
+        };
+        assert_eq!(results[0]["tools"], before, "{mode}");
+        assert_eq!(results[2]["tools"], after, "{mode}");
+    }
+    let (code, _) = server.terminate();
+    assert_eq!(code, Some(0));
 }

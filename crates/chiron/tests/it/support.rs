@@ -122,6 +122,19 @@ impl Chiron {
         command
     }
 
+    /// The same command as [`Chiron::command`], as JSON for a helper process to run:
+    /// `{"argv", "cwd", "env"}` (env holds only this harness's additions).
+    pub fn command_spec(&self, args: &[&str]) -> serde_json::Value {
+        let mut argv = vec![env!("CARGO_BIN_EXE_chiron").to_owned()];
+        argv.extend(args.iter().map(|a| (*a).to_owned()));
+        let env: serde_json::Map<String, serde_json::Value> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::from(v.clone())))
+            .collect();
+        serde_json::json!({ "argv": argv, "cwd": self.dir.path(), "env": env })
+    }
+
     /// Runs a command to completion, keeping its stderr in `logs`.
     pub fn run(&mut self, args: &[&str]) -> Output {
         let output = self.command(args).output().unwrap();
