@@ -14,6 +14,7 @@ pub mod audit;
 pub mod grants;
 pub mod groups;
 pub mod principals;
+pub mod secrets;
 pub mod tokens;
 pub mod tool_calls;
 

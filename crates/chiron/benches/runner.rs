@@ -134,6 +134,11 @@ fn main() {
             .filter_map(|p| p.parse::<u32>().ok())
         {
             let (r, p) = memory_kib(pid);
+            let name = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .unwrap_or_default()
+                .replace('\0', " ");
+            let name: String = name.chars().take(40).collect();
+            println!("  pid {pid:>7}  RSS {r:>6} KiB  PSS {p:>6} KiB  {name}");
             rss += r;
             pss += p;
             count += 1;

@@ -1,0 +1,209 @@
+//! The secret store: values by name, per principal with a team-wide fallback, sealed with the
+//! master key before they reach storage. Only the egress proxy (and tool-output scrubbing)
+//! ever asks for plaintext; listing shows names, owners and times.
+//!
+//! Fail closed: without a usable master key nothing can be set or read, and every caller gets
+//! an error that says why.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use zeroize::Zeroizing;
+
+use chiron_core::{Actor, NewAuditEvent, PrincipalId};
+use chiron_store::secrets::{SecretInfo, SecretOwner};
+use chiron_store::Store;
+
+use crate::keys::{KeyError, Keyring};
+
+/// Why a secret operation failed. Never contains a value.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The master key is missing or wrong.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A name outside `^[A-Z][A-Z0-9_]{0,63}$`.
+    #[error("secret names are upper case letters, digits and _ (starting with a letter), at most 64: {0:?}")]
+    BadName(String),
+    /// An empty value.
+    #[error("a secret value must not be empty")]
+    Empty,
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] chiron_store::StoreError),
+}
+
+/// Checks a secret name.
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    (1..=64).contains(&name.len())
+        && chars.next().is_some_and(|c| c.is_ascii_uppercase())
+        && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// The values that apply to one principal, by name: its own, else the team's.
+pub type Values = HashMap<String, Zeroizing<String>>;
+
+/// Sealed secrets over storage.
+pub struct Secrets {
+    store: Store,
+    key_file: PathBuf,
+    keys: RwLock<Result<Arc<Keyring>, KeyError>>,
+}
+
+impl Secrets {
+    /// The secret store; the keyring is loaded from `CHIRON_MASTER_KEY` or `key_file`. A missing
+    /// or malformed key is kept as the error every operation returns.
+    pub fn new(store: Store, key_file: PathBuf) -> Self {
+        let keys = Keyring::load(&key_file).map(Arc::new);
+        if let Err(err) = &keys {
+            tracing::warn!(error = %err, "secrets are unavailable; egress requests get no secrets and are refused");
+        }
+        Self {
+            store,
+            key_file,
+            keys: RwLock::new(keys),
+        }
+    }
+
+    /// A secret store with a given keyring (tests, tools).
+    pub fn with_keyring(store: Store, keyring: Keyring) -> Self {
+        Self {
+            store,
+            key_file: PathBuf::new(),
+            keys: RwLock::new(Ok(Arc::new(keyring))),
+        }
+    }
+
+    fn keyring(&self) -> Result<Arc<Keyring>, KeyError> {
+        self.keys
+            .read()
+            .expect("invariant: keyring lock is never poisoned")
+            .clone()
+    }
+
+    /// Whether secrets can be used, and if not why.
+    pub fn status(&self) -> Result<String, KeyError> {
+        self.keyring().map(|k| k.current_id().to_owned())
+    }
+
+    /// Sets `owner`'s value of `name`. Audited without the value.
+    pub async fn set(
+        &self,
+        name: &str,
+        owner: SecretOwner,
+        value: &str,
+        actor: Actor,
+    ) -> Result<(), SecretError> {
+        if !valid_name(name) {
+            return Err(SecretError::BadName(name.to_owned()));
+        }
+        let value = value.trim_end_matches(['\r', '\n']);
+        if value.is_empty() {
+            return Err(SecretError::Empty);
+        }
+        let sealed = self.keyring()?.seal(name, owner, value.as_bytes());
+        self.store.put_secret(&sealed).await?;
+        self.audit(actor, "secret.set", name, owner).await;
+        Ok(())
+    }
+
+    /// Deletes `owner`'s value of `name`; returns whether it existed. Audited.
+    pub async fn delete(
+        &self,
+        name: &str,
+        owner: SecretOwner,
+        actor: Actor,
+    ) -> Result<bool, SecretError> {
+        let removed = self.store.delete_secret(name, owner).await?;
+        if removed {
+            self.audit(actor, "secret.delete", name, owner).await;
+        }
+        Ok(removed)
+    }
+
+    async fn audit(&self, actor: Actor, action: &str, name: &str, owner: SecretOwner) {
+        let event = NewAuditEvent {
+            actor,
+            action: action.into(),
+            target_kind: "secret".into(),
+            target_id: name.into(),
+            detail: serde_json::json!({ "owner": owner }),
+        };
+        if let Err(err) = self.store.record_audit(event).await {
+            tracing::error!(error = %err, "could not audit a secret change");
+        }
+    }
+
+    /// Names, owners and update times (never values).
+    pub async fn list(
+        &self,
+        principal: Option<PrincipalId>,
+    ) -> Result<Vec<SecretInfo>, SecretError> {
+        Ok(self.store.list_secrets(principal).await?)
+    }
+
+    /// The plaintext values that apply to `principal`: its own, else the team's. Read afresh
+    /// on every call, so a changed or deleted value takes effect on the next request.
+    pub async fn values_for(&self, principal: PrincipalId) -> Result<Values, SecretError> {
+        let keys = self.keyring()?;
+        let sealed = self.store.secrets_for(principal).await?;
+        let mut values = Values::new();
+        // Team values first, so the principal's own replace them.
+        for secret in sealed
+            .iter()
+            .filter(|s| s.owner == SecretOwner::Team)
+            .chain(sealed.iter().filter(|s| s.owner != SecretOwner::Team))
+        {
+            let plain = keys.open(secret)?;
+            let text = Zeroizing::new(String::from_utf8_lossy(&plain).into_owned());
+            values.insert(secret.name.clone(), text);
+        }
+        Ok(values)
+    }
+
+    /// Re-seals every value with a new key file key (see [`Keyring::rotate`]); returns how
+    /// many values were re-sealed and the new key id.
+    pub async fn rotate_key(&self) -> Result<(usize, String), String> {
+        let store = self.store.clone();
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = count.clone();
+        let keyring = Keyring::rotate(&self.key_file, |old, new| async move {
+            let sealed = store.all_secrets().await.map_err(|e| e.to_string())?;
+            let mut resealed = Vec::with_capacity(sealed.len());
+            for secret in &sealed {
+                let plain = old.open(secret).map_err(|e| e.to_string())?;
+                resealed.push(new.seal(&secret.name, secret.owner, &plain));
+            }
+            store
+                .reseal_secrets(&resealed)
+                .await
+                .map_err(|e| e.to_string())?;
+            counted.store(resealed.len(), std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        })
+        .await?;
+        let id = keyring.current_id().to_owned();
+        *self
+            .keys
+            .write()
+            .expect("invariant: keyring lock is never poisoned") = Ok(Arc::new(keyring));
+        Ok((count.load(std::sync::atomic::Ordering::SeqCst), id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_name;
+
+    #[test]
+    fn names_are_upper_snake_case() {
+        for good in ["GITHUB_TOKEN", "A", "SLACK_TOKEN_2"] {
+            assert!(valid_name(good), "{good}");
+        }
+        for bad in ["", "github_token", "1TOKEN", "A-B", "A B", &"A".repeat(65)] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+}
