@@ -27,6 +27,8 @@ pub struct Config {
     pub tools: ToolsConfig,
     /// Per-principal runners.
     pub runner: RunnerConfig,
+    /// The egress proxy and secrets.
+    pub egress: EgressConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -201,6 +203,35 @@ impl Default for ToolsConfig {
             python: PathBuf::from("/usr/bin/python3"),
             npm: PathBuf::from("npm"),
             access_poll_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// `[egress]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EgressConfig {
+    /// Serve each runner's proxy listener (without it, all egress is refused).
+    pub enabled: bool,
+    /// The master key file sealing secrets (default `<data_dir>/master.key`); the
+    /// `CHIRON_MASTER_KEY` variable takes precedence.
+    pub master_key_file: Option<PathBuf>,
+    /// Networks tools may reach although they are internal (`10.0.0.0/8`, `127.0.0.1/32`).
+    pub allowed_networks: Vec<String>,
+    /// Fixed resolutions, `host` or `host:port` → `ip:port`, used before DNS.
+    pub resolve: std::collections::BTreeMap<String, SocketAddr>,
+    /// A PEM file of extra CA certificates upstream TLS may chain to.
+    pub extra_ca: Option<PathBuf>,
+}
+
+impl Default for EgressConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            master_key_file: None,
+            allowed_networks: Vec::new(),
+            resolve: Default::default(),
+            extra_ca: None,
         }
     }
 }

@@ -5,8 +5,10 @@
 
 pub mod ca;
 pub mod keys;
+pub mod proxy;
 pub mod scrub;
 pub mod secrets;
 
 pub use keys::{KeyError, Keyring, MasterKey};
+pub use proxy::{EgressProxy, EgressSettings};
 pub use secrets::{SecretError, Secrets};

@@ -18,4 +18,4 @@ mod endpoint;
 
 pub use catalog::{CatalogError, EmptyCatalog, ToolCatalog};
 pub use endpoint::McpEndpoint;
-pub use packages::{decl_from_server_tool, PackageCatalog};
+pub use packages::{decl_from_server_tool, OutputScrubber, PackageCatalog};

@@ -35,8 +35,21 @@ struct Loaded {
     tools: HashMap<String, Arc<Prepared>>,
 }
 
+/// Removes secret values from what tools return before the MCP client sees it.
+#[async_trait]
+pub trait OutputScrubber: Send + Sync + 'static {
+    /// `result` without any secret value of `principal`'s.
+    async fn scrub(
+        &self,
+        principal: chiron_core::PrincipalId,
+        result: CallToolResult,
+    ) -> CallToolResult;
+}
+
 /// Tools from packages, filtered by grants, run by a [`ToolRunner`].
 pub struct PackageCatalog {
+    /// Scrubs secret values from results, when secrets exist.
+    scrubber: std::sync::OnceLock<Arc<dyn OutputScrubber>>,
     store: Store,
     runner: Arc<dyn ToolRunner>,
     /// Replaced whole on reload; readers clone the `Arc` and never hold the lock across await.
@@ -99,6 +112,7 @@ impl PackageCatalog {
     /// A catalog over `report`'s packages.
     pub fn new(store: Store, runner: Arc<dyn ToolRunner>, report: &LoadReport) -> Self {
         let catalog = Self {
+            scrubber: std::sync::OnceLock::new(),
             store,
             runner,
             loaded: RwLock::new(Arc::default()),
@@ -106,6 +120,11 @@ impl PackageCatalog {
         };
         catalog.reload(report);
         catalog
+    }
+
+    /// Scrubs every result (and `isError` text) with `scrubber` from now on (set once).
+    pub fn set_scrubber(&self, scrubber: Arc<dyn OutputScrubber>) {
+        let _ = self.scrubber.set(scrubber);
     }
 
     /// Replaces the packages with `report`'s and notifies subscribers.
@@ -407,6 +426,10 @@ impl ToolCatalog for PackageCatalog {
                 .into();
                 CallToolResult::error(vec![ContentBlock::text(err.to_string())])
             }
+        };
+        let result = match self.scrubber.get() {
+            Some(scrubber) => scrubber.scrub(caller.principal.id, result).await,
+            None => result,
         };
         record.duration_ms = started.elapsed().as_millis() as i64;
         self.audit(record).await;

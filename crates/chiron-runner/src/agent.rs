@@ -3,8 +3,8 @@
 //! maps its user ids; then:
 //!
 //! 1. The outer stage waits for `go` on stdin (sent once the id maps are written), re-executes
-//!    itself as the namespace's root, forks, and then becomes a small `runner-wait` process that
-//!    only reaps its child.
+//!    itself as the namespace's root, forks, reports the child's pid to the gateway and exits;
+//!    the gateway (a child subreaper) adopts the child.
 //! 2. The inner stage is PID 1 of the new PID namespace. It builds a minimal root on tmpfs —
 //!    system directories and tool packages bound read-only, the principal's home read-write,
 //!    a private `/tmp`, a fresh `/proc`, a minimal `/dev` — pivots into it, brings `lo` up,
@@ -241,59 +241,27 @@ pub fn run(spec: AgentSpec) -> ! {
         std::process::exit(120);
     }
     std::env::remove_var(MAPPED);
-    // Opened before the fork so the outer stage can replace itself with a fresh, small image
-    // whatever the inner stage does to the shared mount namespace.
-    let exe = CString::new("/proc/self/exe").unwrap_or_default();
-    // SAFETY: valid path; the descriptor is close-on-exec.
-    let exe_fd = unsafe { libc::open(exe.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if exe_fd < 0 {
-        fail("open /proc/self/exe");
-    }
     // SAFETY: the outer stage is single-threaded here; the child continues in `inner`.
     match unsafe { libc::fork() } {
         -1 => fail("fork"),
-        0 => {
-            // SAFETY: closing our copy of a descriptor we opened.
-            unsafe { libc::close(exe_fd) };
-            inner(spec)
-        }
-        _child => {
-            // Everything this process touched so far would stay resident while it only waits:
-            // become `chiron runner-wait` (see `wait_for_children`) instead.
-            let argv0 = CString::new("chiron").unwrap_or_default();
-            let argv1 = CString::new(WAIT_ARG).unwrap_or_default();
-            let argv = [argv0.as_ptr(), argv1.as_ptr(), std::ptr::null()];
-            let envp: [*const libc::c_char; 1] = [std::ptr::null()];
-            // SAFETY: closing our copy of the control socket (the inner stage keeps its own),
-            // then NUL-terminated argument and environment arrays of live strings.
-            unsafe {
-                libc::close(crate::control::CONTROL_FD);
-                libc::fexecve(exe_fd, argv.as_ptr(), envp.as_ptr())
+        0 => inner(spec),
+        child => {
+            // Tell the gateway the sandbox's PID 1 (as the host sees it), then leave: the
+            // gateway, a child subreaper, adopts it, so no waiting process stays resident.
+            let message = crate::control::ControlMessage {
+                pid: Some(child),
+                ..Default::default()
             };
-            fail("fexecve runner-wait");
+            // SAFETY: the control socket is open for the agent's whole life.
+            let control =
+                unsafe { std::os::fd::BorrowedFd::borrow_raw(crate::control::CONTROL_FD) };
+            if crate::control::send(control, &message, &[]).is_err() {
+                // SAFETY: killing the child this process just forked.
+                unsafe { libc::kill(child, libc::SIGKILL) };
+                fail("report the sandbox pid");
+            }
+            std::process::exit(0);
         }
-    }
-}
-
-/// The argument that makes the binary run [`wait_for_children`].
-pub const WAIT_ARG: &str = "runner-wait";
-
-/// The outer stage's final form: reap children until none are left, then exit with the last
-/// one's status. Runs before any argument parsing, so the process stays small.
-pub fn wait_for_children() -> ! {
-    let mut last = 0;
-    loop {
-        let mut status = 0;
-        // SAFETY: waiting for any child of this process.
-        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-        if pid < 0 {
-            std::process::exit(last);
-        }
-        last = if libc::WIFEXITED(status) {
-            libc::WEXITSTATUS(status)
-        } else {
-            121
-        };
     }
 }
 
@@ -305,10 +273,10 @@ fn step(what: &str) {
 
 fn inner(spec: AgentSpec) -> ! {
     step("inner started");
-    // SAFETY: plain prctl/fcntl calls on this process.
+    // The outer stage exits at once, so there is no parent-death signal to rely on: the agent
+    // ends when the gateway closes its stdin, which a dying gateway always does.
+    // SAFETY: a plain fcntl call on this process.
     unsafe {
-        // Die with the outer stage, which dies with the gateway.
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         // No tool process may inherit the control socket.
         libc::fcntl(crate::control::CONTROL_FD, libc::F_SETFD, libc::FD_CLOEXEC);
     }

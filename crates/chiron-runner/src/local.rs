@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::process::{ChildStdin, Command};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -83,6 +83,9 @@ impl LocalBackend {
 
     /// A backend whose runners' proxy listeners are served by `egress`.
     pub fn with_egress(config: LocalConfig, egress: Arc<dyn EgressHook>) -> Self {
+        // Each sandbox's PID 1 is orphaned by its outer stage and adopted by this process.
+        // SAFETY: a plain prctl on this process.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         let mounts = Mutex::new(config.mounts.clone());
         Self {
             config,
@@ -165,7 +168,8 @@ pub struct LocalRunner {
     waiters: Waiters,
     alive: Arc<AtomicBool>,
     next_id: AtomicU64,
-    child: Mutex<Option<Child>>,
+    /// The sandbox's PID 1, adopted from the outer agent stage; killed on stop and drop.
+    sandbox: Arc<Sandbox>,
     cgroups: Vec<PathBuf>,
     root: PathBuf,
     /// The gateway's end of the control socket; one exchange at a time (the servers lock).
@@ -368,10 +372,58 @@ impl LocalBackend {
             .stdout
             .take()
             .ok_or_else(|| RunnerError::Start("no agent stdout".into()))?;
+        // The outer stage reports the sandbox's PID 1 and exits; the gateway adopts it. With
+        // egress, PID 1 then hands over the proxy listener.
+        let mut inner_pid = None;
+        let mut listener = None;
+        while inner_pid.is_none() || (egress && listener.is_none()) {
+            let control = control.clone();
+            let received = tokio::time::timeout(
+                Duration::from_secs(20),
+                tokio::task::spawn_blocking(move || control::recv(&*control)),
+            )
+            .await;
+            let (message, mut fds) = match received {
+                Ok(Ok(Ok(received))) => received,
+                Ok(Ok(Err(err))) => {
+                    let _ = child.start_kill();
+                    let sandbox = inner_pid.and_then(|pid| Sandbox::adopt(pid).ok());
+                    if let Some(sandbox) = sandbox {
+                        sandbox.kill();
+                    }
+                    return Err(RunnerError::Start(format!(
+                        "the sandbox did not come up ({err}; see the runner agent log)"
+                    )));
+                }
+                Ok(Err(err)) => return Err(RunnerError::Start(err.to_string())),
+                Err(_) => {
+                    let _ = child.start_kill();
+                    return Err(RunnerError::Start(
+                        "the sandbox did not come up in time".into(),
+                    ));
+                }
+            };
+            if let Some(pid) = message.pid {
+                inner_pid = Some(pid);
+            } else if message.listener {
+                listener = fds.pop();
+            }
+        }
+        let inner_pid = inner_pid.expect("invariant: the loop ends with a pid");
+        let sandbox =
+            Arc::new(Sandbox::adopt(inner_pid).map_err(|e| start_err("adopt sandbox", e))?);
         let stderr = child
             .stderr
             .take()
             .ok_or_else(|| RunnerError::Start("no agent stderr".into()))?;
+        // Reap the outer stage, then PID 1 when it exits.
+        {
+            let sandbox = sandbox.clone();
+            tokio::spawn(async move {
+                let _ = child.wait().await;
+                sandbox.reap().await;
+            });
+        }
 
         let waiters: Waiters = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
@@ -417,7 +469,7 @@ impl LocalBackend {
             waiters,
             alive,
             next_id: AtomicU64::new(1),
-            child: Mutex::new(Some(child)),
+            sandbox: sandbox.clone(),
             cgroups,
             root,
             control,
@@ -427,25 +479,12 @@ impl LocalBackend {
             sources: mounts.sources,
             ca_bundle: self.config.ca_bundle.is_some(),
         });
-        if egress {
-            let listener = tokio::time::timeout(Duration::from_secs(20), runner.receive())
-                .await
-                .map_err(|_| {
-                    RunnerError::Start("the sandbox did not hand over its proxy listener".into())
-                })
-                .and_then(|received| received.map_err(RunnerError::Start))
-                .and_then(|(message, mut fds)| match (message.listener, fds.pop()) {
-                    (true, Some(fd)) => {
-                        let listener = std::net::TcpListener::from(fd);
-                        listener
-                            .set_nonblocking(true)
-                            .and_then(|()| tokio::net::TcpListener::from_std(listener))
-                            .map_err(|e| start_err("proxy listener", e))
-                    }
-                    _ => Err(RunnerError::Start(
-                        "the sandbox sent no proxy listener".into(),
-                    )),
-                });
+        if let Some(fd) = listener {
+            let listener = std::net::TcpListener::from(fd);
+            let listener = listener
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpListener::from_std(listener))
+                .map_err(|e| start_err("proxy listener", e));
             match listener {
                 Ok(listener) => self.egress.serve(
                     Arc::new(RunnerEgress {
@@ -623,32 +662,77 @@ impl LocalRunner {
     }
 }
 
-impl LocalRunner {
-    /// Kills the sandbox: its PID 1 (the outer agent's only child; a namespace init ignores
-    /// the parent-death signal, so it is killed directly, and everything else in its PID
-    /// namespace dies with it), then the outer agent.
-    fn kill_sandbox(child: &mut Child) {
-        if let Some(pid) = child.id() {
-            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-                .unwrap_or_default();
-            for inner in children
-                .split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-            {
-                // SAFETY: signalling a process this runner started.
-                unsafe { libc::kill(inner, libc::SIGKILL) };
-            }
+/// A sandbox's PID 1, held by a pidfd so no signal can reach a recycled pid. Killing it ends
+/// everything in its PID namespace.
+struct Sandbox {
+    pidfd: OwnedFd,
+    exited: tokio::sync::watch::Sender<bool>,
+}
+
+impl Sandbox {
+    fn adopt(pid: i32) -> std::io::Result<Self> {
+        // SAFETY: pidfd_open has no libc wrapper; the result is a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
         }
-        let _ = child.start_kill();
+        // SAFETY: a descriptor the kernel just gave us, owned from here on.
+        let pidfd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+        Ok(Self {
+            pidfd,
+            exited: tokio::sync::watch::channel(false).0,
+        })
+    }
+
+    fn kill(&self) {
+        // SAFETY: pidfd_send_signal on our own pidfd, no siginfo.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+    }
+
+    /// Waits for PID 1 to exit and reaps it (it is the gateway's child once the outer stage
+    /// has exited, the gateway being a child subreaper).
+    async fn reap(&self) {
+        // SAFETY: the pidfd is owned by `self`, which outlives this registration.
+        let registered = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(
+                self.pidfd.as_raw_fd(),
+                tokio::io::Interest::READABLE,
+            )
+        };
+        if let Ok(fd) = registered {
+            let _ = fd.readable().await;
+        }
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid on our pidfd with a zeroed siginfo to fill.
+        unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                self.pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED,
+            )
+        };
+        self.exited.send_replace(true);
+    }
+
+    async fn wait_exited(&self) {
+        let mut exited = self.exited.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(10), exited.wait_for(|e| *e)).await;
     }
 }
 
 impl Drop for LocalRunner {
     fn drop(&mut self) {
         self.stop_egress.cancel();
-        if let Some(mut child) = self.child.lock().expect("invariant: child lock").take() {
-            Self::kill_sandbox(&mut child);
-        }
+        self.sandbox.kill();
         for dir in &self.cgroups {
             // Succeeds once the killed processes are gone; otherwise `clean_leftovers` will.
             let _ = std::fs::remove_dir(dir);
@@ -754,11 +838,8 @@ impl Runner for LocalRunner {
         self.alive.store(false, Ordering::SeqCst);
         self.stop_egress.cancel();
         self.servers.lock().await.clear();
-        let child = self.child.lock().expect("invariant: child lock").take();
-        if let Some(mut child) = child {
-            Self::kill_sandbox(&mut child);
-            let _ = child.wait().await;
-        }
+        self.sandbox.kill();
+        self.sandbox.wait_exited().await;
         for dir in &self.cgroups {
             // The group empties once the sandbox's PID 1 is gone; rmdir fails until then.
             for _ in 0..50 {

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod egress;
 pub mod error;
 pub mod health;
 pub mod metrics;

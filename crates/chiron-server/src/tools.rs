@@ -25,6 +25,8 @@ pub struct ToolRuntime {
     backend: Arc<LocalBackend>,
     dirs: Vec<PathBuf>,
     data_dir: PathBuf,
+    /// The egress proxy serving runners' listeners, told what packages may reach on reload.
+    egress: Option<Arc<chiron_egress::EgressProxy>>,
     /// Discovered server tools by package cache key (see [`catalog_key`]).
     discovered: Mutex<HashMap<String, Vec<rmcp::model::Tool>>>,
     /// One reload at a time.
@@ -110,17 +112,28 @@ impl ToolRuntime {
     /// Loads the packages, discovers `mcp-stdio` tools, and builds the backend, pool and
     /// catalog. `agent` is the command that runs `chiron runner-agent` (normally the running
     /// binary). Returns what loading found.
-    pub async fn start(config: &Config, store: Store, agent: Vec<String>) -> (Self, LoadReport) {
+    /// With `egress`, runners' proxy listeners are served by its proxy, sandboxes trust its CA
+    /// and tool results are scrubbed of secret values; without, all egress is refused.
+    pub async fn start(
+        config: &Config,
+        store: Store,
+        agent: Vec<String>,
+        egress: Option<&crate::egress::Egress>,
+    ) -> (Self, LoadReport) {
         let dirs = tool_dirs(config);
         let data_dir = data_dir(config);
-        let backend = Arc::new(LocalBackend::new(LocalConfig {
+        let local = LocalConfig {
             agent,
             data_dir: data_dir.clone(),
             mounts: Mounts::default(),
-            ca_bundle: None,
+            ca_bundle: egress.map(|e| e.ca_bundle.clone()),
             memory_limit: config.runner.memory_mib * 1024 * 1024,
             pids_limit: config.runner.max_processes,
-        }));
+        };
+        let backend = Arc::new(match egress {
+            Some(egress) => LocalBackend::with_egress(local, egress.proxy.clone()),
+            None => LocalBackend::new(local),
+        });
         let cleaned = backend.clean_leftovers();
         if cleaned > 0 {
             tracing::info!(count = cleaned, "removed leftovers of earlier runners");
@@ -139,9 +152,15 @@ impl ToolRuntime {
             pool.clone(),
             &LoadReport::default(),
         ));
+        if let Some(egress) = egress {
+            catalog.set_scrubber(Arc::new(crate::egress::SecretScrubber(
+                egress.secrets.clone(),
+            )));
+        }
         let runtime = Self {
             catalog,
             pool,
+            egress: egress.map(|e| e.proxy.clone()),
             backend,
             dirs,
             data_dir,
@@ -161,6 +180,11 @@ impl ToolRuntime {
         let mut report = chiron_tools::load_packages(&self.dirs);
         self.backend.set_mounts(mounts(&self.data_dir, &report));
         self.discover(&mut report).await;
+        if let Some(proxy) = &self.egress {
+            proxy.set_packages(chiron_egress::proxy::package_hosts(
+                report.packages.values(),
+            ));
+        }
         self.pool.renew();
         self.catalog.reload(&report);
         report

@@ -78,6 +78,9 @@ pub enum Command {
     /// Grant tool packages to principals, groups or everyone.
     #[command(subcommand)]
     Grant(GrantCommand),
+    /// Secrets the egress proxy injects (values are read from stdin, never from arguments).
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// Read the audit log: administrative events and tool calls.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -114,6 +117,55 @@ pub enum AuditCommand {
     },
     /// Search tool calls (and, with --action, events).
     Search(AuditSearchArgs),
+    /// Egress requests (newest first): all, or those of one tool call.
+    Egress {
+        /// Only requests made during this call (the call audit's call_id).
+        #[arg(long)]
+        call: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Set a value, read from stdin (one line; a trailing newline is dropped).
+    Set {
+        /// The secret's name, as package manifests declare it (e.g. GITHUB_TOKEN).
+        name: String,
+        #[command(flatten)]
+        owner: SecretOwnerArgs,
+    },
+    /// Names, owners and update times (never values).
+    List {
+        /// Only this principal's (and the team's).
+        #[arg(long)]
+        principal: Option<String>,
+    },
+    /// Delete a value.
+    Delete {
+        /// The secret's name.
+        name: String,
+        #[command(flatten)]
+        owner: SecretOwnerArgs,
+    },
+    /// Re-seal every value under a new master key (key file only).
+    RotateKey,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("owner").required(true).args(["principal", "team"]))]
+pub struct SecretOwnerArgs {
+    /// A principal id or exact display name: that principal's own value.
+    #[arg(long)]
+    pub principal: Option<String>,
+    /// The team-wide value, used by principals without their own.
+    #[arg(long)]
+    pub team: bool,
 }
 
 #[derive(Debug, Args)]

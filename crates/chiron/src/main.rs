@@ -12,14 +12,6 @@ use clap::Parser;
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    // A runner's outer stage, waiting on its sandbox: nothing else may run here, so the process
-    // keeps almost no memory resident.
-    if std::env::args_os()
-        .nth(1)
-        .is_some_and(|a| a == chiron_runner::agent::WAIT_ARG)
-    {
-        chiron_runner::agent::wait_for_children();
-    }
     let cli = Cli::parse();
     if let Command::Version = cli.command {
         println!("chiron {}", env!("CARGO_PKG_VERSION"));

@@ -75,6 +75,32 @@ pub async fn run(config: Config, command: AuditCommand) -> anyhow::Result<ExitCo
                 println!("{line}");
             }
         }
+        AuditCommand::Egress { call, limit, json } => {
+            let rows = store.egress_requests(call.as_deref(), limit).await?;
+            for row in rows {
+                if json {
+                    println!("{}", serde_json::to_string(&row)?);
+                } else {
+                    let at = row
+                        .at
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default();
+                    println!(
+                        "{at} {} {} {}{} -> {} {} [{}] package={} call={} injected={}",
+                        row.principal_id,
+                        row.method,
+                        row.host,
+                        row.path,
+                        row.status,
+                        row.outcome,
+                        row.runner_id,
+                        row.package,
+                        row.call_id.as_deref().unwrap_or("-"),
+                        row.injected.join(",")
+                    );
+                }
+            }
+        }
         AuditCommand::Search(args) => {
             let since = args.since.map(|d| now() - d);
             if let Some(action) = args.action {

@@ -5,6 +5,7 @@ mod audit;
 mod doctor;
 mod manage;
 mod runner;
+mod secret;
 mod serve;
 mod tool;
 
@@ -30,6 +31,7 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Token(cmd) => manage::token(config, cmd).await,
         Command::Tool(cmd) => tool::run(config, cmd),
         Command::Grant(cmd) => manage::grant(config, cmd).await,
+        Command::Secret(cmd) => secret::run(config, cmd).await,
         Command::Audit(cmd) => audit::run(config, cmd).await,
         Command::Runner(cmd) => runner::run(config, cmd).await,
     }
@@ -40,6 +42,18 @@ async fn init(config: Config) -> anyhow::Result<ExitCode> {
         .await
         .context("opening storage")?;
     let auth = setup::auth_service(&config, store.clone())?;
+    // The master key sealing secrets (unless it comes from CHIRON_MASTER_KEY) and the egress CA.
+    if std::env::var_os(chiron_egress::keys::MASTER_KEY_ENV).is_none() {
+        let key_file = chiron_server::egress::master_key_file(&config);
+        if chiron_egress::Keyring::create_file(&key_file)? {
+            println!("created the master key {} (mode 0600)", key_file.display());
+        }
+    }
+    let data_dir = std::fs::canonicalize(&config.server.data_dir)
+        .unwrap_or_else(|_| config.server.data_dir.clone());
+    chiron_egress::ca::CertificateAuthority::load_or_create(&chiron_egress::ca::ca_dir(&data_dir))
+        .map_err(anyhow::Error::msg)
+        .context("creating the egress CA")?;
     match setup::bootstrap_admin(&auth, CreatedVia::Cli).await? {
         Some(issued) => {
             println!("chiron initialised in {}", config.server.data_dir.display());

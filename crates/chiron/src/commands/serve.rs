@@ -33,7 +33,16 @@ pub async fn run(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let (tools, report) = ToolRuntime::start(&config, store.clone(), agent).await;
+    let egress = if config.egress.enabled {
+        Some(
+            chiron_server::egress::egress(&config, store.clone())
+                .map_err(anyhow::Error::msg)
+                .context("setting up egress")?,
+        )
+    } else {
+        None
+    };
+    let (tools, report) = ToolRuntime::start(&config, store.clone(), agent, egress.as_ref()).await;
     log_report(&report, "tool packages loaded");
     let mut handover = None;
     if demo {

@@ -1,0 +1,1130 @@
+//! The egress proxy. It serves every runner's listener (an [`EgressHook`]): a connection there
+//! comes from that runner's principal; the `Proxy-Authorization` credential names the tool
+//! process, hence its package and MCP call. Then, per request:
+//!
+//! 1. The host must be declared by one of the principal's granted packages (else `403`).
+//! 2. `CONNECT` is intercepted with a leaf certificate from chiron's CA; SNI, `Host` and the
+//!    CONNECT target must agree.
+//! 3. Secrets are injected only as the sending package's manifest declares for that host and
+//!    path (header template, Basic, or a `chiron-secret:NAME` placeholder), only over TLS.
+//! 4. The upstream is resolved, each address checked against the dial policy (no private,
+//!    loopback, link-local, CGNAT or metadata addresses unless allowed), and the checked
+//!    address is dialled; TLS is verified against the system roots plus `extra_ca`.
+//! 5. Secret values are scrubbed from response headers and the streamed body.
+//! 6. One egress audit row per request — never a value.
+//!
+//! Without a usable master key every request is refused: the proxy fails closed.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use base64::Engine;
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use chiron_core::time_util::now;
+use chiron_runner::egress::{EgressHook, ProcessIdentity, RunnerEgress};
+use chiron_store::secrets::EgressRecord;
+use chiron_store::Store;
+use chiron_tools::{EgressHost, Injection};
+
+use crate::ca::CertificateAuthority;
+use crate::scrub::{Patterns, StreamScrubber};
+use crate::secrets::{Secrets, Values};
+
+type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Dial policy and upstream trust.
+#[derive(Debug, Clone, Default)]
+pub struct EgressSettings {
+    /// Networks that may be dialled although they are private, loopback, link-local or CGNAT
+    /// (`10.1.0.0/16`, `127.0.0.1/32`, …).
+    pub allowed_networks: Vec<(IpAddr, u8)>,
+    /// Fixed resolutions, `host` or `host:port` → address; used before DNS (tests point real
+    /// host names at local servers this way).
+    pub resolve: HashMap<String, SocketAddr>,
+    /// Extra PEM certificates upstream TLS may chain to, besides the system roots.
+    pub extra_ca: Vec<rustls_pki_types::CertificateDer<'static>>,
+}
+
+/// Parses `a.b.c.d/n` or `addr` (a single address).
+pub fn parse_network(text: &str) -> Result<(IpAddr, u8), String> {
+    let (addr, bits) = match text.split_once('/') {
+        Some((addr, bits)) => (addr, Some(bits)),
+        None => (text, None),
+    };
+    let addr: IpAddr = addr
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not an address or network"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let bits = match bits {
+        Some(bits) => bits
+            .trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|b| *b <= max)
+            .ok_or_else(|| format!("{text:?} has a bad prefix length"))?,
+        None => max,
+    };
+    Ok((addr, bits))
+}
+
+fn in_network(ip: IpAddr, (net, bits): (IpAddr, u8)) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(ip), IpAddr::V4(net)) => {
+            let mask = if bits == 0 {
+                0
+            } else {
+                u32::MAX << (32 - bits)
+            };
+            u32::from(ip) & mask == u32::from(net) & mask
+        }
+        (IpAddr::V6(ip), IpAddr::V6(net)) => {
+            let mask = if bits == 0 {
+                0
+            } else {
+                u128::MAX << (128 - bits)
+            };
+            u128::from(ip) & mask == u128::from(net) & mask
+        }
+        _ => false,
+    }
+}
+
+/// Whether `ip` is an address tools must not reach by default: loopback, private, link-local
+/// (including the 169.254.169.254 metadata service), CGNAT, unspecified, multicast,
+/// broadcast, or IPv6 unique-local.
+pub fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || o[0] == 0
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_internal(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// Why the dialler refused an upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// The host resolved to an address the policy forbids.
+    #[error("{host} resolves to {ip}, which egress may not reach")]
+    Refused {
+        /// The host.
+        host: String,
+        /// The forbidden address.
+        ip: IpAddr,
+    },
+    /// Resolution or connection failed.
+    #[error("cannot reach {host}: {reason}")]
+    Unreachable {
+        /// The host.
+        host: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// Resolves, checks every address against the policy, and connects to the checked one.
+#[derive(Clone)]
+struct Dialer {
+    settings: Arc<EgressSettings>,
+}
+
+impl Dialer {
+    fn permitted(&self, ip: IpAddr) -> bool {
+        !is_internal(ip)
+            || self
+                .settings
+                .allowed_networks
+                .iter()
+                .any(|net| in_network(ip, *net))
+    }
+
+    async fn dial(self, uri: Uri) -> Result<TokioIo<TcpStream>, DialError> {
+        let host = uri.host().unwrap_or_default().to_ascii_lowercase();
+        let port = uri
+            .port_u16()
+            .unwrap_or(if uri.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            });
+        let unreachable = |reason: String| DialError::Unreachable {
+            host: host.clone(),
+            reason,
+        };
+        let fixed = self
+            .settings
+            .resolve
+            .get(&format!("{host}:{port}"))
+            .copied()
+            .or_else(|| {
+                self.settings
+                    .resolve
+                    .get(&host)
+                    .map(|addr| SocketAddr::new(addr.ip(), port))
+            });
+        let addrs: Vec<SocketAddr> = match fixed {
+            Some(addr) => vec![addr],
+            None => tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .map_err(|e| unreachable(e.to_string()))?
+                .collect(),
+        };
+        // A name with any forbidden address is refused whole (no rebinding games).
+        if let Some(bad) = addrs.iter().find(|a| !self.permitted(a.ip())) {
+            return Err(DialError::Refused {
+                host: host.clone(),
+                ip: bad.ip(),
+            });
+        }
+        let mut last = String::from("no addresses");
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    return Ok(TokioIo::new(stream));
+                }
+                Err(err) => last = err.to_string(),
+            }
+        }
+        Err(unreachable(last))
+    }
+}
+
+impl tower_service::Service<Uri> for Dialer {
+    type Response = TokioIo<TcpStream>;
+    type Error = DialError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, DialError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), DialError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        Box::pin(self.clone().dial(uri))
+    }
+}
+
+/// What each package may reach, from the loaded manifests.
+pub type PackageHosts = HashMap<String, Vec<EgressHost>>;
+
+struct Inner {
+    store: Store,
+    secrets: Arc<Secrets>,
+    ca: Arc<CertificateAuthority>,
+    packages: RwLock<Arc<PackageHosts>>,
+    client: Client<hyper_rustls::HttpsConnector<Dialer>, ProxyBody>,
+}
+
+/// The egress proxy; cheap to clone.
+#[derive(Clone)]
+pub struct EgressProxy {
+    inner: Arc<Inner>,
+}
+
+fn client_tls(settings: &EgressSettings) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    for cert in &settings.extra_ca {
+        roots
+            .add(cert.clone())
+            .map_err(|e| format!("extra_ca: {e}"))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+impl EgressProxy {
+    /// A proxy over the secret store and CA, with `settings`.
+    pub fn new(
+        store: Store,
+        secrets: Arc<Secrets>,
+        ca: Arc<CertificateAuthority>,
+        settings: EgressSettings,
+    ) -> Result<Self, String> {
+        let tls = client_tls(&settings)?;
+        let dialer = Dialer {
+            settings: Arc::new(settings),
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(dialer);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                secrets,
+                ca,
+                packages: RwLock::new(Arc::default()),
+                client,
+            }),
+        })
+    }
+
+    /// Replaces what packages may reach (after loading or reloading tool packages).
+    pub fn set_packages(&self, packages: PackageHosts) {
+        *self
+            .inner
+            .packages
+            .write()
+            .expect("invariant: packages lock is never poisoned") = Arc::new(packages);
+    }
+
+    fn packages(&self) -> Arc<PackageHosts> {
+        self.inner
+            .packages
+            .read()
+            .expect("invariant: packages lock is never poisoned")
+            .clone()
+    }
+
+    /// Serves one accepted connection from `runner`'s listener.
+    pub async fn serve_connection(&self, runner: Arc<RunnerEgress>, stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let proxy = self.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let (proxy, runner) = (proxy.clone(), runner.clone());
+            async move { Ok::<_, Infallible>(proxy.handle(runner, request).await) }
+        });
+        let served = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades()
+            .await;
+        if let Err(err) = served {
+            tracing::debug!(error = %err, "egress connection ended");
+        }
+    }
+}
+
+impl EgressHook for EgressProxy {
+    fn serve(&self, runner: Arc<RunnerEgress>, listener: TcpListener, stop: CancellationToken) {
+        let proxy = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    () = stop.cancelled() => break,
+                };
+                let Ok((stream, _)) = accepted else { continue };
+                let (proxy, runner) = (proxy.clone(), runner.clone());
+                tokio::spawn(async move { proxy.serve_connection(runner, stream).await });
+            }
+        });
+    }
+}
+
+/// Everything known about the request's sender.
+#[derive(Clone)]
+struct Caller {
+    runner: Arc<RunnerEgress>,
+    process: ProcessIdentity,
+}
+
+fn refusal(status: StatusCode, error: &str, details: &str) -> Response<ProxyBody> {
+    let details = details.replace(['"', '\\'], "'");
+    let body = format!("chiron egress: {details}\n");
+    Response::builder()
+        .status(status)
+        .header(
+            "proxy-status",
+            format!("chiron; error={error}; details=\"{details}\""),
+        )
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(
+            Full::new(Bytes::from(body))
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+        .expect("invariant: a static response is valid")
+}
+
+fn host_of(authority: &str) -> (String, Option<u16>) {
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => {
+            (host.to_ascii_lowercase(), port.parse().ok())
+        }
+        _ => (authority.to_ascii_lowercase(), None),
+    }
+}
+
+/// The credential in `Proxy-Authorization: Basic base64(chiron:<credential>)`.
+fn credential(request: &Request<Incoming>) -> Option<String> {
+    let value = request
+        .headers()
+        .get("proxy-authorization")?
+        .to_str()
+        .ok()?;
+    let encoded = value
+        .strip_prefix("Basic ")
+        .or_else(|| value.strip_prefix("basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    text.split_once(':').map(|(_, secret)| secret.to_owned())
+}
+
+/// Hop-by-hop headers, never forwarded in either direction (plus `Proxy-*`).
+fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// The `chiron-secret:NAME` placeholders in `text`.
+fn placeholders(text: &str) -> Vec<String> {
+    const MARK: &str = "chiron-secret:";
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(MARK) {
+        let after = &rest[at + MARK.len()..];
+        let name: String = after
+            .chars()
+            .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        rest = &after[name.len()..];
+        if !name.is_empty() {
+            found.push(name);
+        }
+    }
+    found
+}
+
+/// An audit row in the making.
+struct Audit {
+    store: Store,
+    record: EgressRecord,
+    started: Instant,
+}
+
+impl Audit {
+    fn new(
+        store: &Store,
+        caller: Option<&Caller>,
+        runner: &RunnerEgress,
+        method: &Method,
+        host: &str,
+        path: &str,
+    ) -> Self {
+        Self {
+            store: store.clone(),
+            record: EgressRecord {
+                at: now(),
+                principal_id: runner.principal,
+                runner_id: runner.runner_id.clone(),
+                package: caller
+                    .map(|c| c.process.package.clone())
+                    .unwrap_or_default(),
+                call_id: caller.and_then(|c| c.process.call_id.clone()),
+                method: method.to_string(),
+                host: host.to_owned(),
+                path: path.to_owned(),
+                status: 0,
+                bytes_out: 0,
+                bytes_in: 0,
+                duration_ms: 0,
+                injected: Vec::new(),
+                outcome: String::new(),
+            },
+            started: Instant::now(),
+        }
+    }
+
+    /// Writes the row now (refusals are recorded before the tool hears of them).
+    async fn finish(mut self, status: StatusCode, outcome: &str) {
+        self.record.status = i64::from(status.as_u16());
+        self.record.outcome = outcome.to_owned();
+        self.record.duration_ms = self.started.elapsed().as_millis() as i64;
+        if let Err(err) = self.store.record_egress(&self.record).await {
+            tracing::error!(error = %err, "could not record an egress request");
+        }
+    }
+}
+
+impl EgressProxy {
+    async fn handle(
+        &self,
+        runner: Arc<RunnerEgress>,
+        request: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        let store = &self.inner.store;
+        let is_connect = request.method() == Method::CONNECT;
+        let (host, port) = if is_connect {
+            host_of(request.uri().authority().map_or("", |a| a.as_str()))
+        } else {
+            (
+                request
+                    .uri()
+                    .host()
+                    .unwrap_or_default()
+                    .to_ascii_lowercase(),
+                request.uri().port_u16(),
+            )
+        };
+        let path = request.uri().path().to_owned();
+        let caller = credential(&request)
+            .and_then(|secret| runner.credentials.lookup(&secret))
+            .map(|process| Caller {
+                runner: runner.clone(),
+                process,
+            });
+        let audit = Audit::new(
+            store,
+            caller.as_ref(),
+            &runner,
+            request.method(),
+            &host,
+            if is_connect { "" } else { &path },
+        );
+        let Some(caller) = caller else {
+            audit
+                .finish(StatusCode::PROXY_AUTHENTICATION_REQUIRED, "unauthenticated")
+                .await;
+            let mut response = refusal(
+                StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                "http_request_denied",
+                "no valid proxy credential for this runner",
+            );
+            response.headers_mut().insert(
+                "proxy-authenticate",
+                HeaderValue::from_static("Basic realm=\"chiron\""),
+            );
+            return response;
+        };
+        if host.is_empty() || (!is_connect && request.uri().scheme_str() != Some("http")) {
+            audit.finish(StatusCode::BAD_REQUEST, "bad_request").await;
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                "http_request_error",
+                "send CONNECT for https, or an absolute http:// URL",
+            );
+        }
+        if let Err(details) = self.host_allowed(&caller, &host).await {
+            audit.finish(StatusCode::FORBIDDEN, "denied_host").await;
+            return refusal(StatusCode::FORBIDDEN, "http_request_denied", &details);
+        }
+        if !is_connect {
+            let port = port.unwrap_or(80);
+            return self.forward(caller, host, port, false, request).await;
+        }
+        let port = port.unwrap_or(443);
+        let leaf = match self.inner.ca.leaf(&host) {
+            Ok(leaf) => leaf,
+            Err(err) => {
+                audit
+                    .finish(StatusCode::INTERNAL_SERVER_ERROR, "proxy_error")
+                    .await;
+                return refusal(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "proxy_internal_error",
+                    &err,
+                );
+            }
+        };
+        let proxy = self.clone();
+        tokio::spawn(async move {
+            let upgraded = match hyper::upgrade::on(request).await {
+                Ok(upgraded) => upgraded,
+                Err(err) => {
+                    tracing::debug!(error = %err, "CONNECT upgrade failed");
+                    return;
+                }
+            };
+            proxy.intercept(caller, host, port, leaf, upgraded).await;
+        });
+        Response::new(Empty::new().map_err(|never| match never {}).boxed())
+    }
+
+    /// Whether some package granted to the principal declares `host`.
+    async fn host_allowed(&self, caller: &Caller, host: &str) -> Result<(), String> {
+        let packages = self.packages();
+        let granted = self
+            .inner
+            .store
+            .granted_packages(caller.runner.principal)
+            .await
+            .map_err(|e| format!("grants unavailable: {e}"))?;
+        let declared = granted.iter().any(|name| {
+            packages
+                .get(name)
+                .is_some_and(|hosts| hosts.iter().any(|h| h.host == host))
+        });
+        if declared {
+            Ok(())
+        } else {
+            Err(format!(
+                "{host} is not declared by any package granted to this principal"
+            ))
+        }
+    }
+
+    /// Terminates TLS for `host` with a CA-issued leaf and serves the tunnel's requests.
+    async fn intercept(
+        &self,
+        caller: Caller,
+        host: String,
+        port: u16,
+        leaf: Arc<rustls::sign::CertifiedKey>,
+        upgraded: hyper::upgrade::Upgraded,
+    ) {
+        let resolver = OneHost {
+            host: host.clone(),
+            leaf,
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map(|b| {
+                b.with_no_client_auth()
+                    .with_cert_resolver(Arc::new(resolver))
+            });
+        let Ok(mut config) = config else { return };
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let tls = match acceptor.accept(TokioIo::new(upgraded)).await {
+            Ok(tls) => tls,
+            Err(err) => {
+                // Most often: the client asked for another name (SNI) than it CONNECTed to.
+                let audit = Audit::new(
+                    &self.inner.store,
+                    Some(&caller),
+                    &caller.runner,
+                    &Method::CONNECT,
+                    &host,
+                    "",
+                );
+                audit
+                    .finish(StatusCode::MISDIRECTED_REQUEST, "mismatch")
+                    .await;
+                tracing::debug!(host = %host, error = %err, "egress TLS handshake refused");
+                return;
+            }
+        };
+        let proxy = self.clone();
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let (proxy, caller, host) = (proxy.clone(), caller.clone(), host.clone());
+            async move { Ok::<_, Infallible>(proxy.forward(caller, host, port, true, request).await) }
+        });
+        let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(tls), service)
+            .await;
+        if let Err(err) = served {
+            tracing::debug!(error = %err, "egress tunnel ended");
+        }
+    }
+
+    /// Checks, injects, forwards and scrubs one request to `host:port`.
+    async fn forward(
+        &self,
+        caller: Caller,
+        host: String,
+        port: u16,
+        tls: bool,
+        request: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        let (mut parts, body) = request.into_parts();
+        let path = parts.uri.path().to_owned();
+        let mut audit = Audit::new(
+            &self.inner.store,
+            Some(&caller),
+            &caller.runner,
+            &parts.method,
+            &host,
+            &path,
+        );
+
+        // SNI (checked at the handshake), Host and the CONNECT target must agree.
+        if tls {
+            let named = parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+            let agrees = named.as_deref().is_some_and(|authority| {
+                let (named_host, named_port) = host_of(authority);
+                named_host == host && named_port.is_none_or(|p| p == port)
+            });
+            if !agrees {
+                audit
+                    .finish(StatusCode::MISDIRECTED_REQUEST, "mismatch")
+                    .await;
+                return refusal(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "http_request_denied",
+                    "Host does not match the CONNECT target",
+                );
+            }
+        }
+
+        // Fail closed: no secrets, no egress.
+        let values = match self.inner.secrets.values_for(caller.runner.principal).await {
+            Ok(values) => values,
+            Err(err) => {
+                audit
+                    .finish(StatusCode::SERVICE_UNAVAILABLE, "secrets_unavailable")
+                    .await;
+                return refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "proxy_configuration_error",
+                    &format!("secrets unavailable, nothing is forwarded: {err}"),
+                );
+            }
+        };
+        let packages = self.packages();
+        let declared: Vec<&EgressHost> = packages
+            .get(&caller.process.package)
+            .map(|hosts| {
+                hosts
+                    .iter()
+                    .filter(|h| h.host == host && path.starts_with(&h.path_prefix))
+                    .collect()
+            })
+            .unwrap_or_default();
+
+        strip_hop_by_hop(&mut parts.headers);
+        match inject(&mut parts, tls, &declared, &values) {
+            Ok(names) => audit.record.injected = names,
+            Err(details) => {
+                audit
+                    .finish(StatusCode::FORBIDDEN, "placeholder_refused")
+                    .await;
+                return refusal(StatusCode::FORBIDDEN, "http_request_denied", &details);
+            }
+        }
+
+        let scheme = if tls { "https" } else { "http" };
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let upstream = format!("{scheme}://{host}:{port}{path_and_query}");
+        parts.uri = match upstream.parse() {
+            Ok(uri) => uri,
+            Err(_) => {
+                audit.finish(StatusCode::BAD_REQUEST, "bad_request").await;
+                return refusal(StatusCode::BAD_REQUEST, "http_request_error", "bad target");
+            }
+        };
+        parts.version = http::Version::HTTP_11;
+        parts.headers.remove(http::header::HOST);
+        let counted = Counted::new(body.boxed());
+        let sent = counted.bytes.clone();
+        let request = Request::from_parts(parts, counted.boxed());
+
+        let response = match self.inner.client.request(request).await {
+            Ok(response) => response,
+            Err(err) => {
+                let refused = dial_refusal(&err);
+                audit.record.bytes_out = sent.load(std::sync::atomic::Ordering::Relaxed) as i64;
+                return match refused {
+                    Some(details) => {
+                        audit.finish(StatusCode::FORBIDDEN, "denied_address").await;
+                        refusal(StatusCode::FORBIDDEN, "destination_ip_prohibited", &details)
+                    }
+                    None => {
+                        let details = format!("{host}: {}", error_chain(&err));
+                        audit
+                            .finish(StatusCode::BAD_GATEWAY, "upstream_error")
+                            .await;
+                        refusal(StatusCode::BAD_GATEWAY, "destination_unavailable", &details)
+                    }
+                };
+            }
+        };
+
+        let patterns = Patterns::new(values.values().map(|v| v.as_str()));
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if !patterns.is_empty() {
+            for value in parts.headers.values_mut() {
+                if patterns.found_in(value.as_bytes()) {
+                    let scrubbed = patterns.scrub(value.as_bytes());
+                    if let Ok(clean) = HeaderValue::from_bytes(&scrubbed) {
+                        *value = clean;
+                    }
+                }
+            }
+        }
+        // Lengths change when values are replaced: let the body be delimited anew.
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+        audit.record.status = i64::from(parts.status.as_u16());
+        let body = Scrubbed {
+            inner: body,
+            scrubber: StreamScrubber::new(patterns),
+            finished: false,
+            received: 0,
+            sent,
+            audit: Some(audit),
+        };
+        Response::from_parts(parts, body.boxed())
+    }
+}
+
+/// Applies the package's declared injections (TLS only) and placeholders; returns the names
+/// injected, or why the request must not be forwarded.
+fn inject(
+    parts: &mut http::request::Parts,
+    tls: bool,
+    declared: &[&EgressHost],
+    values: &Values,
+) -> Result<Vec<String>, String> {
+    let mut injected = Vec::new();
+    let allowed_placeholder = |name: &str| {
+        tls && declared.iter().any(|h| {
+            h.secrets
+                .iter()
+                .any(|s| s.name == name && s.injection == Injection::Placeholder)
+        })
+    };
+    // Placeholders in headers and the query: each must be declared for this host.
+    let mut replaced_headers = Vec::new();
+    for (name, value) in parts.headers.iter() {
+        let Ok(text) = value.to_str() else { continue };
+        let wanted = placeholders(text);
+        if wanted.is_empty() {
+            continue;
+        }
+        let mut text = text.to_owned();
+        for secret in wanted {
+            let value = values
+                .get(&secret)
+                .filter(|_| allowed_placeholder(&secret))
+                .ok_or_else(|| format!("placeholder for {secret} is not allowed for this host"))?;
+            text = text.replace(&format!("chiron-secret:{secret}"), value);
+            injected.push(secret);
+        }
+        replaced_headers.push((name.clone(), text));
+    }
+    for (name, text) in replaced_headers {
+        let value = HeaderValue::from_str(&text).map_err(|_| "bad header value".to_owned())?;
+        parts.headers.insert(name, value);
+    }
+    if let Some(query) = parts.uri.query() {
+        let wanted = placeholders(query);
+        if !wanted.is_empty() {
+            let mut query = query.to_owned();
+            for secret in wanted {
+                let value = values
+                    .get(&secret)
+                    .filter(|_| allowed_placeholder(&secret))
+                    .ok_or_else(|| {
+                        format!("placeholder for {secret} is not allowed for this host")
+                    })?;
+                let encoded: String =
+                    url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
+                query = query.replace(&format!("chiron-secret:{secret}"), &encoded);
+                injected.push(secret);
+            }
+            let path_and_query = format!("{}?{query}", parts.uri.path());
+            let mut uri = http::uri::Parts::default();
+            uri.path_and_query = path_and_query.parse().ok();
+            parts.uri = Uri::from_parts(uri).map_err(|_| "bad query".to_owned())?;
+        }
+    }
+    if !tls {
+        return Ok(injected);
+    }
+    for host in declared {
+        for secret in &host.secrets {
+            let Some(value) = values.get(&secret.name) else {
+                continue;
+            };
+            let (header, text) = match &secret.injection {
+                Injection::Header { header, template } => {
+                    (header.clone(), template.replace("{value}", value))
+                }
+                Injection::Basic { username } => {
+                    let pair = format!("{username}:{}", value.as_str());
+                    (
+                        "authorization".to_owned(),
+                        format!(
+                            "Basic {}",
+                            base64::engine::general_purpose::STANDARD.encode(pair)
+                        ),
+                    )
+                }
+                Injection::Placeholder => continue,
+            };
+            let (Ok(name), Ok(mut value)) = (
+                HeaderName::from_bytes(header.as_bytes()),
+                HeaderValue::from_str(&text),
+            ) else {
+                continue;
+            };
+            value.set_sensitive(true);
+            parts.headers.insert(name, value);
+            injected.push(secret.name.clone());
+        }
+    }
+    Ok(injected)
+}
+
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+fn dial_refusal(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(current) = source {
+        if let Some(DialError::Refused { .. }) = current.downcast_ref::<DialError>() {
+            return Some(current.to_string());
+        }
+        source = current.source();
+    }
+    None
+}
+
+/// Serves the leaf for exactly one name: a client that asks (SNI) for another is refused.
+#[derive(Debug)]
+struct OneHost {
+    host: String,
+    leaf: Arc<rustls::sign::CertifiedKey>,
+}
+
+impl rustls::server::ResolvesServerCert for OneHost {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        (hello.server_name().map(str::to_ascii_lowercase).as_deref() == Some(self.host.as_str()))
+            .then(|| self.leaf.clone())
+    }
+}
+
+/// A request body that counts what it sends.
+struct Counted {
+    inner: BoxBody<Bytes, hyper::Error>,
+    bytes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Counted {
+    fn new(inner: BoxBody<Bytes, hyper::Error>) -> Self {
+        Self {
+            inner,
+            bytes: Arc::default(),
+        }
+    }
+}
+
+impl Body for Counted {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.bytes
+                    .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body with secrets scrubbed as it streams; records the audit row at its end.
+struct Scrubbed {
+    inner: Incoming,
+    scrubber: StreamScrubber,
+    finished: bool,
+    received: u64,
+    sent: Arc<std::sync::atomic::AtomicU64>,
+    audit: Option<Audit>,
+}
+
+impl Scrubbed {
+    fn record(&mut self, outcome: &'static str) {
+        if let Some(mut audit) = self.audit.take() {
+            audit.record.bytes_in = self.received as i64;
+            audit.record.bytes_out = self.sent.load(std::sync::atomic::Ordering::Relaxed) as i64;
+            let status = StatusCode::from_u16(audit.record.status as u16).unwrap_or(StatusCode::OK);
+            tokio::spawn(audit.finish(status, outcome));
+        }
+    }
+}
+
+impl Drop for Scrubbed {
+    fn drop(&mut self) {
+        self.record("incomplete");
+    }
+}
+
+impl Body for Scrubbed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        loop {
+            if self.finished {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(err))) => {
+                    self.record("upstream_error");
+                    return Poll::Ready(Some(Err(err)));
+                }
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        self.received += data.len() as u64;
+                        let clean = self.scrubber.push(&data);
+                        if !clean.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(clean)))));
+                        }
+                    }
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                Poll::Ready(None) => {
+                    self.finished = true;
+                    self.record("ok");
+                    let rest = self.scrubber.finish();
+                    if !rest.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from(rest)))));
+                    }
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
+}
+
+/// The hosts each package may reach, from loaded packages.
+pub fn package_hosts<'a>(
+    packages: impl IntoIterator<Item = &'a chiron_tools::ToolPackage>,
+) -> PackageHosts {
+    packages
+        .into_iter()
+        .map(|p| (p.name.clone(), p.egress.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_addresses_are_recognised() {
+        for ip in [
+            "127.0.0.1",
+            "10.2.3.4",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(is_internal(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["1.1.1.1", "140.82.112.6", "2606:4700::1111", "100.128.0.1"] {
+            assert!(!is_internal(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn networks_parse_and_match() {
+        let net = parse_network("127.0.0.1/32").unwrap();
+        assert!(in_network("127.0.0.1".parse().unwrap(), net));
+        assert!(!in_network("127.0.0.2".parse().unwrap(), net));
+        let net = parse_network("10.0.0.0/8").unwrap();
+        assert!(in_network("10.9.9.9".parse().unwrap(), net));
+        assert!(parse_network("10.0.0.0/33").is_err());
+        assert!(parse_network("nope").is_err());
+    }
+
+    #[test]
+    fn placeholders_are_found() {
+        assert_eq!(
+            placeholders("token chiron-secret:API_KEY and chiron-secret:B2"),
+            ["API_KEY", "B2"]
+        );
+        assert!(placeholders("chiron-secret:").is_empty());
+    }
+}

@@ -1,0 +1,108 @@
+//! Wiring of the egress side: the secret store (sealed with the master key), chiron's CA and
+//! the CA bundle mounted into sandboxes, and the proxy that serves every runner's listener.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chiron_core::Config;
+use chiron_egress::ca::{ca_dir, CertificateAuthority};
+use chiron_egress::proxy::parse_network;
+use chiron_egress::{EgressProxy, EgressSettings, Secrets};
+use chiron_store::Store;
+
+/// The master key file in force.
+pub fn master_key_file(config: &Config) -> PathBuf {
+    config
+        .egress
+        .master_key_file
+        .clone()
+        .unwrap_or_else(|| config.server.data_dir.join("master.key"))
+}
+
+/// The secret store for `config`.
+pub fn secrets(config: &Config, store: Store) -> Arc<Secrets> {
+    Arc::new(Secrets::new(store, master_key_file(config)))
+}
+
+/// The egress proxy and what runners need from it.
+pub struct Egress {
+    /// Serves runners' listeners.
+    pub proxy: Arc<EgressProxy>,
+    /// The secret store (also used to scrub tool output).
+    pub secrets: Arc<Secrets>,
+    /// The CA bundle to mount into sandboxes.
+    pub ca_bundle: PathBuf,
+}
+
+/// Builds the egress proxy: creates the CA on first use, writes the sandbox CA bundle, loads
+/// the settings. Secrets that cannot be opened (no or wrong master key) do not stop the
+/// gateway: the proxy then refuses every request and says why.
+pub fn egress(config: &Config, store: Store) -> Result<Egress, String> {
+    let data_dir = std::fs::canonicalize(&config.server.data_dir)
+        .unwrap_or_else(|_| config.server.data_dir.clone());
+    let dir = ca_dir(&data_dir);
+    let ca = Arc::new(CertificateAuthority::load_or_create(&dir)?);
+    let ca_bundle = dir.join("ca-bundle.pem");
+    ca.write_bundle(&ca_bundle)?;
+    let mut settings = EgressSettings::default();
+    for network in &config.egress.allowed_networks {
+        settings
+            .allowed_networks
+            .push(parse_network(network).map_err(|e| format!("egress.allowed_networks: {e}"))?);
+    }
+    settings.resolve = config.egress.resolve.clone().into_iter().collect();
+    if let Some(path) = &config.egress.extra_ca {
+        let pem =
+            std::fs::read(path).map_err(|e| format!("egress.extra_ca {}: {e}", path.display()))?;
+        for cert in rustls_pemfile_certs(&pem) {
+            settings.extra_ca.push(cert);
+        }
+    }
+    let secrets = secrets(config, store.clone());
+    let proxy = Arc::new(EgressProxy::new(store, secrets.clone(), ca, settings)?);
+    Ok(Egress {
+        proxy,
+        secrets,
+        ca_bundle,
+    })
+}
+
+/// The certificates in a PEM file.
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::pem_slice_iter(pem)
+        .filter_map(Result::ok)
+        .collect()
+}
+
+/// Scrubs the principal's secret values from tool results.
+pub struct SecretScrubber(pub Arc<Secrets>);
+
+#[async_trait::async_trait]
+impl chiron_mcp::OutputScrubber for SecretScrubber {
+    async fn scrub(
+        &self,
+        principal: chiron_core::PrincipalId,
+        result: rmcp::model::CallToolResult,
+    ) -> rmcp::model::CallToolResult {
+        // Without usable secrets none can have been injected, so none can come back.
+        let Ok(values) = self.0.values_for(principal).await else {
+            return result;
+        };
+        let patterns = chiron_egress::scrub::Patterns::new(values.values().map(|v| v.as_str()));
+        if patterns.is_empty() {
+            return result;
+        }
+        let Ok(text) = serde_json::to_string(&result) else {
+            return result;
+        };
+        if !patterns.found_in(text.as_bytes()) {
+            return result;
+        }
+        serde_json::from_str(&patterns.scrub_str(&text)).unwrap_or_else(|_| {
+            rmcp::model::CallToolResult::error(vec![rmcp::model::ContentBlock::text(
+                "the tool's output contained a secret and was withheld",
+            )])
+        })
+    }
+}
