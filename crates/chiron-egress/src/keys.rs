@@ -164,7 +164,10 @@ impl Keyring {
     /// The configured keys: `CHIRON_MASTER_KEY` if set, else `key_file` (and a rotation's
     /// `.next` file, if one was left behind).
     pub fn load(key_file: &Path) -> Result<Self, KeyError> {
-        if let Ok(text) = std::env::var(MASTER_KEY_ENV) {
+        if let Some(text) = std::env::var(MASTER_KEY_ENV)
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+        {
             return Ok(Self::single(MasterKey::from_base64(&text, MASTER_KEY_ENV)?));
         }
         let current =

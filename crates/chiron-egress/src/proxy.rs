@@ -53,8 +53,8 @@ pub struct EgressSettings {
     /// Networks that may be dialled although they are private, loopback, link-local or CGNAT
     /// (`10.1.0.0/16`, `127.0.0.1/32`, …).
     pub allowed_networks: Vec<(IpAddr, u8)>,
-    /// Fixed resolutions, `host` or `host:port` → address; used before DNS (tests point real
-    /// host names at local servers this way).
+    /// Fixed resolutions, `host:port` or `host` (any port) → the address to dial; used before
+    /// DNS (tests point real host names at local servers this way).
     pub resolve: HashMap<String, SocketAddr>,
     /// Extra PEM certificates upstream TLS may chain to, besides the system roots.
     pub extra_ca: Vec<rustls_pki_types::CertificateDer<'static>>,
@@ -190,12 +190,7 @@ impl Dialer {
             .resolve
             .get(&format!("{host}:{port}"))
             .copied()
-            .or_else(|| {
-                self.settings
-                    .resolve
-                    .get(&host)
-                    .map(|addr| SocketAddr::new(addr.ip(), port))
-            });
+            .or_else(|| self.settings.resolve.get(&host).copied());
         let addrs: Vec<SocketAddr> = match fixed {
             Some(addr) => vec![addr],
             None => tokio::net::lookup_host((host.as_str(), port))

@@ -21,7 +21,7 @@ fn python() -> PathBuf {
 }
 
 /// Runs the SDK probe and returns one JSON result per step.
-fn probe(url: &str, headers: Value, mode: &str, steps: Value) -> Vec<Value> {
+pub(crate) fn probe(url: &str, headers: Value, mode: &str, steps: Value) -> Vec<Value> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/mcp_probe.py");
     let spec = json!({ "url": url, "headers": headers, "mode": mode, "steps": steps });
     let output = Command::new(python())
@@ -40,7 +40,7 @@ fn probe(url: &str, headers: Value, mode: &str, steps: Value) -> Vec<Value> {
 }
 
 /// The packages shipped in the repository (`tools/`).
-fn shipped_tools() -> String {
+pub(crate) fn shipped_tools() -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../tools")
         .canonicalize()
@@ -49,7 +49,7 @@ fn shipped_tools() -> String {
         .to_string()
 }
 
-fn bearer(token: &str) -> Value {
+pub(crate) fn bearer(token: &str) -> Value {
     json!({ "Authorization": format!("Bearer {token}") })
 }
 
