@@ -5,6 +5,7 @@ mod audit;
 mod grants;
 mod groups;
 mod principals;
+mod secrets;
 mod support;
 mod tokens;
 mod tool_calls;
