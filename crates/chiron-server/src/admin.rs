@@ -53,6 +53,11 @@ pub fn routes() -> Router<AppState> {
         .route("/audit", get(list_audit))
         .route("/calls", get(list_calls))
         .route("/runners", get(list_runners))
+        .route(
+            "/secrets",
+            get(list_secrets).put(set_secret).delete(delete_secret),
+        )
+        .route("/egress", get(list_egress))
         .route("/runners/{principal}/stop", post(stop_runner))
 }
 
@@ -459,6 +464,129 @@ async fn remove_grant(
     }
     state.catalog.notify_changed();
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct SecretQuery {
+    principal: Option<String>,
+}
+
+async fn list_secrets(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Query(query): Query<SecretQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let principal = query
+        .principal
+        .as_deref()
+        .map(|p| parse_id::<PrincipalId>(p, "principal"))
+        .transpose()?;
+    Ok(Json(
+        json!({ "secrets": state.store.list_secrets(principal).await? }),
+    ))
+}
+
+/// `{"name": "GITHUB_TOKEN", "principal": "<id>", "value": "…"}` or `{…, "team": true, …}`;
+/// for deletion the same without `value`. The value is never echoed, logged or audited.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretBody {
+    name: String,
+    #[serde(default)]
+    principal: Option<String>,
+    #[serde(default)]
+    team: bool,
+    #[serde(default)]
+    value: Option<zeroize::Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for SecretBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretBody")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn secret_owner(
+    state: &AppState,
+    body: &SecretBody,
+) -> Result<chiron_store::secrets::SecretOwner, ApiError> {
+    use chiron_store::secrets::SecretOwner;
+    match (&body.principal, body.team) {
+        (Some(principal), false) => {
+            let id: PrincipalId = parse_id(principal, "principal")?;
+            state
+                .store
+                .get_principal(id)
+                .await?
+                .ok_or(ApiError::NotFound("principal"))?;
+            Ok(SecretOwner::Principal(id))
+        }
+        (None, true) => Ok(SecretOwner::Team),
+        _ => Err(ApiError::BadRequest(
+            "give exactly one of principal or team".into(),
+        )),
+    }
+}
+
+fn secret_error(err: chiron_egress::SecretError) -> ApiError {
+    match err {
+        chiron_egress::SecretError::Store(err) => err.into(),
+        other => ApiError::BadRequest(other.to_string()),
+    }
+}
+
+async fn set_secret(
+    admin: AdminAuth,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<SecretBody>,
+) -> Result<StatusCode, ApiError> {
+    let owner = secret_owner(&state, &body).await?;
+    let value = body
+        .value
+        .as_deref()
+        .ok_or_else(|| ApiError::BadRequest("value is required".into()))?;
+    crate::egress::secrets(&state.config, state.store.clone())
+        .set(&body.name, owner, value, actor(&admin))
+        .await
+        .map_err(secret_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn delete_secret(
+    admin: AdminAuth,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<SecretBody>,
+) -> Result<StatusCode, ApiError> {
+    let owner = secret_owner(&state, &body).await?;
+    let removed = crate::egress::secrets(&state.config, state.store.clone())
+        .delete(&body.name, owner, actor(&admin))
+        .await
+        .map_err(secret_error)?;
+    if removed {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("secret"))
+    }
+}
+
+#[derive(Deserialize)]
+struct EgressQuery {
+    call: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_egress(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Query(query): Query<EgressQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let rows = state
+        .store
+        .egress_requests(query.call.as_deref(), query.limit.unwrap_or(100).min(1000))
+        .await?;
+    Ok(Json(json!({ "requests": rows })))
 }
 
 #[derive(Deserialize)]

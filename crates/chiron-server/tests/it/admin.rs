@@ -447,3 +447,82 @@ backend_tests!(admin_lists_tool_calls, |store: Store| async move {
         .await;
     assert!(none.json()["calls"].as_array().unwrap().is_empty());
 });
+
+backend_tests!(
+    admin_manages_secrets_without_ever_returning_values,
+    |store: Store| async move {
+        let keys = tempfile::tempdir().unwrap();
+        let key_file = keys.path().join("master.key");
+        chiron_egress::Keyring::create_file(&key_file).unwrap();
+        let mut config = chiron_core::Config::default();
+        config.egress.master_key_file = Some(key_file);
+        let app = TestApp::with_config(store, config);
+        let (_, admin) = app.admin().await;
+        let alice = app.state.store.create_principal("alice").await.unwrap();
+        const VALUE: &str = "admin-api-secret-value-31337";
+
+        let set = app
+            .call(
+                "PUT",
+                "/admin/api/secrets",
+                Some(&admin),
+                Some(json!({"name": "GITHUB_TOKEN", "principal": alice.id, "value": VALUE})),
+            )
+            .await;
+        assert_eq!(set.status, StatusCode::NO_CONTENT, "{}", set.text);
+        let team = app
+            .call(
+                "PUT",
+                "/admin/api/secrets",
+                Some(&admin),
+                Some(json!({"name": "SLACK_TOKEN", "team": true, "value": VALUE})),
+            )
+            .await;
+        assert_eq!(team.status, StatusCode::NO_CONTENT, "{}", team.text);
+        let bad = app
+            .call(
+                "PUT",
+                "/admin/api/secrets",
+                Some(&admin),
+                Some(json!({"name": "lower", "team": true, "value": VALUE})),
+            )
+            .await;
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+        assert!(!bad.text.contains(VALUE));
+
+        let listed = app
+            .call(
+                "GET",
+                &format!("/admin/api/secrets?principal={}", alice.id),
+                Some(&admin),
+                None,
+            )
+            .await;
+        assert_eq!(listed.status, StatusCode::OK);
+        assert_eq!(listed.json()["secrets"].as_array().unwrap().len(), 2);
+        assert!(listed.text.contains("GITHUB_TOKEN") && !listed.text.contains(VALUE));
+
+        let deleted = app
+            .call(
+                "DELETE",
+                "/admin/api/secrets",
+                Some(&admin),
+                Some(json!({"name": "GITHUB_TOKEN", "principal": alice.id})),
+            )
+            .await;
+        assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+        let again = app
+            .call(
+                "DELETE",
+                "/admin/api/secrets",
+                Some(&admin),
+                Some(json!({"name": "GITHUB_TOKEN", "principal": alice.id})),
+            )
+            .await;
+        assert_eq!(again.status, StatusCode::NOT_FOUND);
+        // Stored sealed only; audited by name only.
+        let tables = chiron_store::testing::dump_all_tables(&app.state.store).await;
+        assert!(!tables.contains(VALUE));
+        assert!(tables.contains("secret.set") && tables.contains("secret.delete"));
+    }
+);
