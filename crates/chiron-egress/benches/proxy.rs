@@ -29,7 +29,9 @@ async fn upstream() -> (std::net::SocketAddr, String) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, "bench CA");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "bench CA");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = params.self_signed(&ca_key).unwrap();
     let key = KeyPair::generate().unwrap();
@@ -53,14 +55,20 @@ async fn upstream() -> (std::net::SocketAddr, String) {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let _ = stream.set_nodelay(true);
-                let Ok(tls) = acceptor.accept(stream).await else { return };
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
                 let service = hyper::service::service_fn(|_request| async {
                     Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                        http_body_util::Full::new(Bytes::from_static(b"{\"ok\":true,\"items\":[1,2,3]}")),
+                        http_body_util::Full::new(Bytes::from_static(
+                            b"{\"ok\":true,\"items\":[1,2,3]}",
+                        )),
                     ))
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -89,7 +97,10 @@ async fn latency(client: &reqwest::Client, url: &str, n: usize) -> (Duration, Du
         response.bytes().await.unwrap();
         samples.push(started.elapsed());
     }
-    (percentile(&mut samples, 0.5), percentile(&mut samples, 0.99))
+    (
+        percentile(&mut samples, 0.5),
+        percentile(&mut samples, 0.99),
+    )
 }
 
 async fn throughput(client: &reqwest::Client, url: &str, seconds: u64) -> f64 {
@@ -116,23 +127,50 @@ async fn throughput(client: &reqwest::Client, url: &str, seconds: u64) -> f64 {
 }
 
 fn main() {
-    let requests: usize = std::env::var("CHIRON_BENCH_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
-    let seconds: u64 = std::env::var("CHIRON_BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let requests: usize = std::env::var("CHIRON_BENCH_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let seconds: u64 = std::env::var("CHIRON_BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let (upstream, upstream_ca) = upstream().await;
         let (db, _guard) = store(Backend::Sqlite).await;
         let dir = tempfile::tempdir().unwrap();
         let ca = Arc::new(CertificateAuthority::load_or_create(dir.path()).unwrap());
-        let secrets = Arc::new(Secrets::with_keyring(db.clone(), Keyring::single(MasterKey::from_bytes(&[3; 32]))));
+        let secrets = Arc::new(Secrets::with_keyring(
+            db.clone(),
+            Keyring::single(MasterKey::from_bytes(&[3; 32])),
+        ));
         let alice = db.create_principal("alice").await.unwrap();
-        db.add_grant("bench", GrantSubject::Principal(alice.id), Actor::cli()).await.unwrap();
-        secrets.set("BENCH_TOKEN", SecretOwner::Principal(alice.id), "bench-secret-value-123", Actor::cli()).await.unwrap();
+        db.add_grant("bench", GrantSubject::Principal(alice.id), Actor::cli())
+            .await
+            .unwrap();
+        secrets
+            .set(
+                "BENCH_TOKEN",
+                SecretOwner::Principal(alice.id),
+                "bench-secret-value-123",
+                Actor::cli(),
+            )
+            .await
+            .unwrap();
         let mut settings = EgressSettings::default();
-        settings.allowed_networks.push(("127.0.0.1".parse().unwrap(), 32));
+        settings
+            .allowed_networks
+            .push(("127.0.0.1".parse().unwrap(), 32));
         settings.resolve.insert(HOST.to_owned(), upstream);
         use rustls_pki_types::pem::PemObject;
-        settings.extra_ca.push(rustls_pki_types::CertificateDer::from_pem_slice(upstream_ca.as_bytes()).unwrap());
+        settings.extra_ca.push(
+            rustls_pki_types::CertificateDer::from_pem_slice(upstream_ca.as_bytes()).unwrap(),
+        );
         let proxy = EgressProxy::new(db.clone(), secrets, ca.clone(), settings).unwrap();
         let package = chiron_tools::ToolPackage {
             dir: dir.path().to_owned(),
@@ -150,7 +188,10 @@ fn main() {
                 path_prefix: "/".into(),
                 secrets: vec![SecretInjection {
                     name: "BENCH_TOKEN".into(),
-                    injection: Injection::Header { header: "Authorization".into(), template: "Bearer {value}".into() },
+                    injection: Injection::Header {
+                        header: "Authorization".into(),
+                        template: "Bearer {value}".into(),
+                    },
                 }],
             }],
         };
@@ -160,7 +201,10 @@ fn main() {
             principal: PrincipalId(alice.id.0),
             credentials: Arc::new(Credentials::default()),
         });
-        let guard = runner.credentials.issue(ProcessIdentity { package: "bench".into(), call_id: None });
+        let guard = runner.credentials.issue(ProcessIdentity {
+            package: "bench".into(),
+            call_id: None,
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy_addr = listener.local_addr().unwrap();
         proxy.serve(runner, listener, CancellationToken::new());
@@ -173,7 +217,9 @@ fn main() {
             .http1_only()
             .build()
             .unwrap();
-        let proxy_url = guard.proxy_url().replace("127.0.0.1:3128", &proxy_addr.to_string());
+        let proxy_url = guard
+            .proxy_url()
+            .replace("127.0.0.1:3128", &proxy_addr.to_string());
         let proxied = reqwest::Client::builder()
             .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
             .proxy(reqwest::Proxy::all(&proxy_url).unwrap())
@@ -184,17 +230,36 @@ fn main() {
         let url = format!("https://{HOST}:{}/items", upstream.port());
         let url_proxied = format!("https://{HOST}/items");
 
-        println!("egress benchmark: {requests} sequential requests, then 16 concurrent for {seconds}s");
+        println!(
+            "egress benchmark: {requests} sequential requests, then 16 concurrent for {seconds}s"
+        );
         let (direct_p50, direct_p99) = latency(&direct, &url, requests).await;
         let (proxy_p50, proxy_p99) = latency(&proxied, &url_proxied, requests).await;
         let direct_rps = throughput(&direct, &url, seconds).await;
         let proxy_rps = throughput(&proxied, &url_proxied, seconds).await;
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        println!("direct TLS            p50 {:>7.3} ms  p99 {:>7.3} ms  {:>8.0} req/s", ms(direct_p50), ms(direct_p99), direct_rps);
-        println!("through the proxy     p50 {:>7.3} ms  p99 {:>7.3} ms  {:>8.0} req/s", ms(proxy_p50), ms(proxy_p99), proxy_rps);
-        println!("added p50: {:.3} ms   throughput ratio: {:.2}x", ms(proxy_p50) - ms(direct_p50), proxy_rps / direct_rps);
+        println!(
+            "direct TLS            p50 {:>7.3} ms  p99 {:>7.3} ms  {:>8.0} req/s",
+            ms(direct_p50),
+            ms(direct_p99),
+            direct_rps
+        );
+        println!(
+            "through the proxy     p50 {:>7.3} ms  p99 {:>7.3} ms  {:>8.0} req/s",
+            ms(proxy_p50),
+            ms(proxy_p99),
+            proxy_rps
+        );
+        println!(
+            "added p50: {:.3} ms   throughput ratio: {:.2}x",
+            ms(proxy_p50) - ms(direct_p50),
+            proxy_rps / direct_rps
+        );
         let audited = db.egress_requests(None, 5).await.unwrap();
-        assert!(audited.iter().all(|r| r.injected == ["BENCH_TOKEN"]), "every proxied request was injected and audited");
+        assert!(
+            audited.iter().all(|r| r.injected == ["BENCH_TOKEN"]),
+            "every proxied request was injected and audited"
+        );
         drop(guard);
     });
 }

@@ -167,10 +167,10 @@ fn granted_package_tools_run_in_the_principals_sandbox() {
     std::fs::create_dir_all(&probe_dir).unwrap();
     std::fs::write(
         probe_dir.join("chiron-tool.toml"),
-        "name = \"nsprobe\"\nversion = \"1\"\nkind = \"command\"\ncommand = [\"python3\", \"probe.py\"]\n\n[[tools]]\nname = \"pidns\"\ninput_schema = { type = \"object\" }\n",
+        "name = \"nsprobe\"\nversion = \"1\"\nkind = \"command\"\ncommand = [\"python3\", \"probe.py\"]\n\n[[tools]]\nname = \"pidns\"\ninput_schema = { type = \"object\" }\n\n[[tools]]\nname = \"fail\"\ninput_schema = { type = \"object\" }\n\n[[tools]]\nname = \"hang\"\ninput_schema = { type = \"object\" }\ntimeout = \"1s\"\n",
     )
     .unwrap();
-    std::fs::write(probe_dir.join("probe.py"), "import json, os\nprint(json.dumps({'pidns': os.readlink('/proc/self/ns/pid'), 'pid': os.getpid()}))\n").unwrap();
+    std::fs::write(probe_dir.join("probe.py"), "import json, os, sys, time\ntool = json.load(sys.stdin)['tool']\nif tool == 'fail':\n    sys.stderr.write('first line\\nthe real reason: quota exceeded\\n')\n    sys.exit(3)\nif tool == 'hang':\n    os.fork()\n    time.sleep(3600)\nprint(json.dumps({'pidns': os.readlink('/proc/self/ns/pid'), 'pid': os.getpid()}))\n").unwrap();
     let pkgs = chiron.dir.path().join("pkgs").canonicalize().unwrap();
     chiron.set_env(
         "CHIRON_TOOLS__DIRS",
@@ -208,13 +208,38 @@ fn granted_package_tools_run_in_the_principals_sandbox() {
             {"op": "call", "name": "time_get_current_time", "arguments": {"timezone": "Europe/Paris"}},
             {"op": "call", "name": "time_convert_time", "arguments": {"source_timezone": "UTC", "time": "12:00", "target_timezone": "Asia/Tokyo"}},
             {"op": "call", "name": "time_get_current_time", "arguments": {"timezone": 5}},
+            {"op": "call", "name": "nsprobe_fail"},
+            {"op": "call", "name": "nsprobe_hang"},
+            {"op": "call", "name": "echo_echo", "arguments": {"text": "after"}},
         ]),
+    );
+    // A failing tool: isError with the end of its stderr. A hanging one (and the child it
+    // forked): killed at its 1 s timeout, and the runner keeps serving.
+    assert_eq!(results[7]["isError"], true);
+    let failed = results[7]["content"][0]["text"].as_str().unwrap();
+    assert!(
+        failed.contains("status 3") && failed.contains("the real reason: quota exceeded"),
+        "{failed}"
+    );
+    assert_eq!(results[8]["isError"], true);
+    assert!(
+        results[8]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("timed out"),
+        "{results:?}"
+    );
+    assert_eq!(
+        results[9]["structuredContent"]["arguments"],
+        json!({"text": "after"})
     );
     assert_eq!(
         results[0]["tools"],
         json!([
             "whoami",
             "echo_echo",
+            "nsprobe_fail",
+            "nsprobe_hang",
             "nsprobe_pidns",
             "time_convert_time",
             "time_get_current_time"
@@ -295,7 +320,7 @@ fn granted_package_tools_run_in_the_principals_sandbox() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(calls.len(), 8, "{audit}");
+    assert_eq!(calls.len(), 11, "{audit}");
     // Newest first in the audit; oldest first here.
     let outcomes: Vec<&str> = calls
         .iter()
@@ -311,14 +336,20 @@ fn granted_package_tools_run_in_the_principals_sandbox() {
             "ok",
             "ok",
             "invalid_arguments",
+            "tool_error",
+            "timeout",
+            "ok",
             "unknown_tool",
             "unknown_tool"
         ]
     );
-    assert!(calls
-        .iter()
-        .filter(|c| c["tool"] == "echo_echo" && c["outcome"] == "ok")
-        .all(|c| c["arg_values"] == r#"{"text":"hi"}"#));
+    assert!(
+        calls
+            .iter()
+            .filter(|c| c["tool"] == "echo_echo" && c["outcome"] == "ok")
+            .all(|c| c["arg_values"] == r#"{"text":"hi"}"#
+                || c["arg_values"] == r#"{"text":"after"}"#)
+    );
     assert!(calls
         .iter()
         .filter(|c| c["tool"] != "echo_echo")

@@ -294,8 +294,23 @@ async fn the_filesystem_is_confined() {
     // Positive controls: own home and /tmp are writable, the tool package is readable.
     assert_eq!(probe(&s, alice, "import os; open(os.path.expanduser('~/mine'), 'w').write('alice-data'); open('/tmp/t', 'w').write('x'); print(open('/tools/probe/probe.py').read()[:6])").await, "import");
     // The host's files are simply not there.
-    let code = format!("import os\ntry:\n    open({:?}).read(); print('READ')\nexcept OSError as e: print(type(e).__name__)", secret.display().to_string());
-    assert_eq!(probe(&s, alice, &code).await, "FileNotFoundError");
+    // The gateway's config, master key and egress CA key, where the gateway keeps them.
+    std::fs::create_dir_all(s.data.path().join("data/egress")).unwrap();
+    let ca_key = s.data.path().join("data/egress/ca.key");
+    std::fs::write(&ca_key, "CA-PRIVATE-KEY").unwrap();
+    let master_key = s.data.path().join("data/master.key");
+    std::fs::write(&master_key, "MASTER-KEY").unwrap();
+    let config = s.data.path().join("chiron.toml");
+    std::fs::write(&config, "[server]\n").unwrap();
+    for host_file in [&secret, &ca_key, &master_key, &config] {
+        let code = format!("import os\ntry:\n    open({:?}).read(); print('READ')\nexcept OSError as e: print(type(e).__name__)", host_file.display().to_string());
+        assert_eq!(
+            probe(&s, alice, &code).await,
+            "FileNotFoundError",
+            "{}",
+            host_file.display()
+        );
+    }
     for path in [
         "/root",
         "/work",
