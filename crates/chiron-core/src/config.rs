@@ -251,8 +251,10 @@ pub struct RunnerConfig {
     pub max_queued_calls: usize,
     /// Memory limit per runner in MiB (cgroups, where the host allows).
     pub memory_mib: u64,
-    /// Process limit per runner (cgroups, where the host allows).
+    /// Process limit per runner (cgroups, where the host allows; else an rlimit).
     pub max_processes: u64,
+    /// CPU per runner in percent of one core (cgroups, where the host allows; 0 = no limit).
+    pub cpu_percent: u32,
 }
 
 impl Default for RunnerConfig {
@@ -264,6 +266,7 @@ impl Default for RunnerConfig {
             max_queued_calls: 16,
             memory_mib: 512,
             max_processes: 128,
+            cpu_percent: 100,
         }
     }
 }

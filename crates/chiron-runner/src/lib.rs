@@ -9,6 +9,7 @@ pub mod agent;
 pub mod control;
 pub mod egress;
 pub mod host;
+pub mod limits;
 pub mod local;
 pub mod pool;
 pub mod stdio;

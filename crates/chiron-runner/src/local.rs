@@ -62,8 +62,12 @@ pub struct LocalConfig {
     pub ca_bundle: Option<PathBuf>,
     /// Memory limit per runner in bytes (cgroup v1, when available).
     pub memory_limit: u64,
-    /// Process limit per runner (cgroup v1, when available).
+    /// Process limit per runner (cgroups, when available; else an rlimit).
     pub pids_limit: u64,
+    /// CPUs' worth of time per runner (cgroups, when available).
+    pub cpus: f64,
+    /// Use cgroups when the host allows (false: always the rlimit fallback).
+    pub cgroups: bool,
 }
 
 /// Starts sandboxed runners on this host.
@@ -122,10 +126,7 @@ impl LocalBackend {
     /// their root directories unused. Returns how many leftovers were removed.
     pub fn clean_leftovers(&self) -> usize {
         let mut removed = 0;
-        for controller in ["memory", "pids"] {
-            let parent = PathBuf::from("/sys/fs/cgroup")
-                .join(controller)
-                .join("chiron");
+        for parent in crate::limits::Limits::leftover_parents() {
             let Ok(entries) = std::fs::read_dir(&parent) else {
                 continue;
             };
@@ -184,27 +185,6 @@ pub struct LocalRunner {
     sources: BTreeMap<String, (SourceKind, PathBuf)>,
     /// Whether a CA bundle is mounted.
     ca_bundle: bool,
-}
-
-fn write_cgroup(
-    controller: &str,
-    id: &str,
-    settings: &[(&str, String)],
-    pid: u32,
-) -> Option<PathBuf> {
-    let dir = PathBuf::from("/sys/fs/cgroup")
-        .join(controller)
-        .join("chiron")
-        .join(id);
-    std::fs::create_dir_all(&dir).ok()?;
-    for (file, value) in settings {
-        if std::fs::write(dir.join(file), value).is_err() {
-            let _ = std::fs::remove_dir(&dir);
-            return None;
-        }
-    }
-    std::fs::write(dir.join("cgroup.procs"), pid.to_string()).ok()?;
-    Some(dir)
 }
 
 #[async_trait]
@@ -267,6 +247,23 @@ impl LocalBackend {
             .agent
             .split_first()
             .ok_or_else(|| RunnerError::Start("no agent program".into()))?;
+        let limits = if self.config.cgroups {
+            crate::limits::Limits {
+                memory: self.config.memory_limit,
+                pids: self.config.pids_limit,
+                cpus: self.config.cpus,
+            }
+            .prepare(&id)
+        } else {
+            crate::limits::Applied::default()
+        };
+        let rlimits = limits
+            .cgroups
+            .is_empty()
+            .then_some((self.config.memory_limit, self.config.pids_limit));
+        if rlimits.is_some() {
+            tracing::warn!(runner = %id, "cgroups unavailable: limiting memory and processes with rlimits");
+        }
         let (control_end, agent_end) =
             control::pair().map_err(|e| start_err("control socket", e))?;
         let agent_fd = agent_end.as_raw_fd();
@@ -302,6 +299,9 @@ impl LocalBackend {
                     | libc::CLONE_NEWIPC
                     | libc::CLONE_NEWUTS
                     | libc::CLONE_NEWPID;
+                if let Some((memory, pids)) = rlimits {
+                    crate::limits::Limits::apply_rlimits(memory, pids)?;
+                }
                 if libc::unshare(flags) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -321,44 +321,10 @@ impl LocalBackend {
             .map_err(|e| start_err("uid_map", e))?;
         std::fs::write(format!("/proc/{pid}/gid_map"), &map)
             .map_err(|e| start_err("gid_map", e))?;
-        let mut cgroups = Vec::new();
-        cgroups.extend(
-            write_cgroup(
-                "memory",
-                &id,
-                &[
-                    (
-                        "memory.limit_in_bytes",
-                        self.config.memory_limit.to_string(),
-                    ),
-                    (
-                        "memory.memsw.limit_in_bytes",
-                        self.config.memory_limit.to_string(),
-                    ),
-                ],
-                pid,
-            )
-            .or_else(|| {
-                write_cgroup(
-                    "memory",
-                    &id,
-                    &[(
-                        "memory.limit_in_bytes",
-                        self.config.memory_limit.to_string(),
-                    )],
-                    pid,
-                )
-            }),
-        );
-        cgroups.extend(write_cgroup(
-            "pids",
-            &id,
-            &[("pids.max", self.config.pids_limit.to_string())],
-            pid,
-        ));
-        if cgroups.len() < 2 {
-            tracing::warn!(runner = %id, "cgroup limits not applied on this host");
+        if !crate::limits::Limits::join(&limits, pid) {
+            tracing::warn!(runner = %id, "could not join the runner's cgroups");
         }
+        let cgroups = limits.cgroups;
 
         let mut stdin = child
             .stdin

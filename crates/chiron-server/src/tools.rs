@@ -129,6 +129,8 @@ impl ToolRuntime {
             ca_bundle: egress.map(|e| e.ca_bundle.clone()),
             memory_limit: config.runner.memory_mib * 1024 * 1024,
             pids_limit: config.runner.max_processes,
+            cpus: f64::from(config.runner.cpu_percent) / 100.0,
+            cgroups: true,
         };
         let backend = Arc::new(match egress {
             Some(egress) => LocalBackend::with_egress(local, egress.proxy.clone()),

@@ -76,6 +76,8 @@ fn main() {
         ca_bundle: None,
         memory_limit: 512 * 1024 * 1024,
         pids_limit: 128,
+        cpus: 1.0,
+        cgroups: true,
     };
     std::fs::create_dir_all(&config.data_dir).unwrap();
     std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o711)).unwrap();

@@ -48,6 +48,11 @@ for line in sys.stdin:
 
 /// A package whose one tool runs `python3 -c <code>` with the call's arguments on stdin.
 fn sandbox() -> Sandbox {
+    sandbox_with(true)
+}
+
+/// With `cgroups` false, limits fall back to rlimits.
+fn sandbox_with(cgroups: bool) -> Sandbox {
     // Agent failures are logged by the backend; show them in the test output.
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let data = tempfile::tempdir().unwrap();
@@ -100,6 +105,8 @@ fn sandbox() -> Sandbox {
         ca_bundle: None,
         memory_limit: 256 * 1024 * 1024,
         pids_limit: 64,
+        cpus: 1.0,
+        cgroups,
     };
     let backend = Arc::new(LocalBackend::new(config));
     let pool = Arc::new(RunnerPool::new(backend.clone(), PoolConfig::default()));
@@ -472,6 +479,35 @@ async fn limits_stop_runaway_tools_and_the_runner_recovers() {
         after.runner_id, hog.runner_id,
         "the runner itself should survive"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_cgroups_rlimits_stop_runaway_tools() {
+    let s = sandbox_with(false);
+    let alice = PrincipalId::new();
+    // Positive controls below the limits.
+    assert_eq!(
+        probe(
+            &s,
+            alice,
+            "b = bytearray(64 * 1024 * 1024); print(len(b) // (1024 * 1024))"
+        )
+        .await,
+        "64"
+    );
+    assert_eq!(probe(&s, alice, "import os\npid = os.fork()\nif pid == 0: os._exit(0)\nos.waitpid(pid, 0); print('forked')").await, "forked");
+    // A fork bomb hits RLIMIT_NPROC; an allocation past the limit fails (RLIMIT_AS).
+    let forks = probe(&s, alice, "import os\nn = 0\ntry:\n    while n < 1000:\n        if os.fork() == 0:\n            import time; time.sleep(30); os._exit(0)\n        n += 1\nexcept BlockingIOError: pass\nprint(n)").await;
+    let forks: u32 = forks.parse().unwrap();
+    assert!(forks < 64, "fork bomb made {forks} processes");
+    let hog = probe(
+        &s,
+        alice,
+        "try:\n    b = bytearray(1024 * 1024 * 1024); print('survived')\nexcept MemoryError: print('MemoryError')",
+    )
+    .await;
+    assert_eq!(hog, "MemoryError");
+    assert_eq!(probe(&s, alice, "print('alive')").await, "alive");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
