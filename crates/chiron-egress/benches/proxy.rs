@@ -255,6 +255,7 @@ fn main() {
             ms(proxy_p50) - ms(direct_p50),
             proxy_rps / direct_rps
         );
+        proxy.flush_audit().await;
         let audited = db.egress_requests(None, 5).await.unwrap();
         assert!(
             audited.iter().all(|r| r.injected == ["BENCH_TOKEN"]),

@@ -236,8 +236,63 @@ impl tower_service::Service<Uri> for Dialer {
 /// What each package may reach, from the loaded manifests.
 pub type PackageHosts = HashMap<String, Vec<EgressHost>>;
 
+/// Writes egress audit rows in batches (one transaction per batch) off the request path.
+#[derive(Clone)]
+struct AuditWriter {
+    tx: tokio::sync::mpsc::UnboundedSender<AuditMessage>,
+}
+
+enum AuditMessage {
+    Record(Box<EgressRecord>),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+impl AuditWriter {
+    fn start(store: Store) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<AuditMessage>();
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            let mut waiting = Vec::new();
+            while let Some(first) = rx.recv().await {
+                let mut next = Some(first);
+                while let Some(message) = next.take() {
+                    match message {
+                        AuditMessage::Record(record) => batch.push(*record),
+                        AuditMessage::Flush(done) => waiting.push(done),
+                    }
+                    if batch.len() < 512 {
+                        next = rx.try_recv().ok();
+                    }
+                }
+                if !batch.is_empty() {
+                    if let Err(err) = store.record_egress_batch(&batch).await {
+                        tracing::error!(error = %err, rows = batch.len(), "could not record egress requests");
+                    }
+                    batch.clear();
+                }
+                for done in waiting.drain(..) {
+                    let _ = done.send(());
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    fn write(&self, record: EgressRecord) {
+        let _ = self.tx.send(AuditMessage::Record(Box::new(record)));
+    }
+
+    async fn flush(&self) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.tx.send(AuditMessage::Flush(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
 struct Inner {
     store: Store,
+    audit: AuditWriter,
     secrets: Arc<Secrets>,
     ca: Arc<CertificateAuthority>,
     packages: RwLock<Arc<PackageHosts>>,
@@ -288,6 +343,7 @@ impl EgressProxy {
         let client = Client::builder(TokioExecutor::new()).build(connector);
         Ok(Self {
             inner: Arc::new(Inner {
+                audit: AuditWriter::start(store.clone()),
                 store,
                 secrets,
                 ca,
@@ -295,6 +351,11 @@ impl EgressProxy {
                 client,
             }),
         })
+    }
+
+    /// Waits until every egress row recorded so far is in storage.
+    pub async fn flush_audit(&self) {
+        self.inner.audit.flush().await;
     }
 
     /// Replaces what packages may reach (after loading or reloading tool packages).
@@ -448,14 +509,14 @@ fn placeholders(text: &str) -> Vec<String> {
 
 /// An audit row in the making.
 struct Audit {
-    store: Store,
+    writer: AuditWriter,
     record: EgressRecord,
     started: Instant,
 }
 
 impl Audit {
     fn new(
-        store: &Store,
+        writer: &AuditWriter,
         caller: Option<&Caller>,
         runner: &RunnerEgress,
         method: &Method,
@@ -463,7 +524,7 @@ impl Audit {
         path: &str,
     ) -> Self {
         Self {
-            store: store.clone(),
+            writer: writer.clone(),
             record: EgressRecord {
                 at: now(),
                 principal_id: runner.principal,
@@ -486,14 +547,12 @@ impl Audit {
         }
     }
 
-    /// Writes the row now (refusals are recorded before the tool hears of them).
-    async fn finish(mut self, status: StatusCode, outcome: &str) {
+    /// Hands the finished row to the audit writer.
+    fn finish(mut self, status: StatusCode, outcome: &str) {
         self.record.status = i64::from(status.as_u16());
         self.record.outcome = outcome.to_owned();
         self.record.duration_ms = self.started.elapsed().as_millis() as i64;
-        if let Err(err) = self.store.record_egress(&self.record).await {
-            tracing::error!(error = %err, "could not record an egress request");
-        }
+        self.writer.write(self.record);
     }
 }
 
@@ -503,7 +562,6 @@ impl EgressProxy {
         runner: Arc<RunnerEgress>,
         request: Request<Incoming>,
     ) -> Response<ProxyBody> {
-        let store = &self.inner.store;
         let is_connect = request.method() == Method::CONNECT;
         let (host, port) = if is_connect {
             host_of(request.uri().authority().map_or("", |a| a.as_str()))
@@ -525,7 +583,7 @@ impl EgressProxy {
                 process,
             });
         let audit = Audit::new(
-            store,
+            &self.inner.audit,
             caller.as_ref(),
             &runner,
             request.method(),
@@ -533,9 +591,7 @@ impl EgressProxy {
             if is_connect { "" } else { &path },
         );
         let Some(caller) = caller else {
-            audit
-                .finish(StatusCode::PROXY_AUTHENTICATION_REQUIRED, "unauthenticated")
-                .await;
+            audit.finish(StatusCode::PROXY_AUTHENTICATION_REQUIRED, "unauthenticated");
             let mut response = refusal(
                 StatusCode::PROXY_AUTHENTICATION_REQUIRED,
                 "http_request_denied",
@@ -548,7 +604,7 @@ impl EgressProxy {
             return response;
         };
         if host.is_empty() || (!is_connect && request.uri().scheme_str() != Some("http")) {
-            audit.finish(StatusCode::BAD_REQUEST, "bad_request").await;
+            audit.finish(StatusCode::BAD_REQUEST, "bad_request");
             return refusal(
                 StatusCode::BAD_REQUEST,
                 "http_request_error",
@@ -556,7 +612,7 @@ impl EgressProxy {
             );
         }
         if let Err(details) = self.host_allowed(&caller, &host).await {
-            audit.finish(StatusCode::FORBIDDEN, "denied_host").await;
+            audit.finish(StatusCode::FORBIDDEN, "denied_host");
             return refusal(StatusCode::FORBIDDEN, "http_request_denied", &details);
         }
         if !is_connect {
@@ -567,9 +623,7 @@ impl EgressProxy {
         let leaf = match self.inner.ca.leaf(&host) {
             Ok(leaf) => leaf,
             Err(err) => {
-                audit
-                    .finish(StatusCode::INTERNAL_SERVER_ERROR, "proxy_error")
-                    .await;
+                audit.finish(StatusCode::INTERNAL_SERVER_ERROR, "proxy_error");
                 return refusal(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "proxy_internal_error",
@@ -642,16 +696,14 @@ impl EgressProxy {
             Err(err) => {
                 // Most often: the client asked for another name (SNI) than it CONNECTed to.
                 let audit = Audit::new(
-                    &self.inner.store,
+                    &self.inner.audit,
                     Some(&caller),
                     &caller.runner,
                     &Method::CONNECT,
                     &host,
                     "",
                 );
-                audit
-                    .finish(StatusCode::MISDIRECTED_REQUEST, "mismatch")
-                    .await;
+                audit.finish(StatusCode::MISDIRECTED_REQUEST, "mismatch");
                 tracing::debug!(host = %host, error = %err, "egress TLS handshake refused");
                 return;
             }
@@ -681,7 +733,7 @@ impl EgressProxy {
         let (mut parts, body) = request.into_parts();
         let path = parts.uri.path().to_owned();
         let mut audit = Audit::new(
-            &self.inner.store,
+            &self.inner.audit,
             Some(&caller),
             &caller.runner,
             &parts.method,
@@ -702,9 +754,7 @@ impl EgressProxy {
                 named_host == host && named_port.is_none_or(|p| p == port)
             });
             if !agrees {
-                audit
-                    .finish(StatusCode::MISDIRECTED_REQUEST, "mismatch")
-                    .await;
+                audit.finish(StatusCode::MISDIRECTED_REQUEST, "mismatch");
                 return refusal(
                     StatusCode::MISDIRECTED_REQUEST,
                     "http_request_denied",
@@ -717,9 +767,7 @@ impl EgressProxy {
         let values = match self.inner.secrets.values_for(caller.runner.principal).await {
             Ok(values) => values,
             Err(err) => {
-                audit
-                    .finish(StatusCode::SERVICE_UNAVAILABLE, "secrets_unavailable")
-                    .await;
+                audit.finish(StatusCode::SERVICE_UNAVAILABLE, "secrets_unavailable");
                 return refusal(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "proxy_configuration_error",
@@ -742,9 +790,7 @@ impl EgressProxy {
         match inject(&mut parts, tls, &declared, &values) {
             Ok(names) => audit.record.injected = names,
             Err(details) => {
-                audit
-                    .finish(StatusCode::FORBIDDEN, "placeholder_refused")
-                    .await;
+                audit.finish(StatusCode::FORBIDDEN, "placeholder_refused");
                 return refusal(StatusCode::FORBIDDEN, "http_request_denied", &details);
             }
         }
@@ -759,7 +805,7 @@ impl EgressProxy {
         parts.uri = match upstream.parse() {
             Ok(uri) => uri,
             Err(_) => {
-                audit.finish(StatusCode::BAD_REQUEST, "bad_request").await;
+                audit.finish(StatusCode::BAD_REQUEST, "bad_request");
                 return refusal(StatusCode::BAD_REQUEST, "http_request_error", "bad target");
             }
         };
@@ -776,14 +822,12 @@ impl EgressProxy {
                 audit.record.bytes_out = sent.load(std::sync::atomic::Ordering::Relaxed) as i64;
                 return match refused {
                     Some(details) => {
-                        audit.finish(StatusCode::FORBIDDEN, "denied_address").await;
+                        audit.finish(StatusCode::FORBIDDEN, "denied_address");
                         refusal(StatusCode::FORBIDDEN, "destination_ip_prohibited", &details)
                     }
                     None => {
                         let details = format!("{host}: {}", error_chain(&err));
-                        audit
-                            .finish(StatusCode::BAD_GATEWAY, "upstream_error")
-                            .await;
+                        audit.finish(StatusCode::BAD_GATEWAY, "upstream_error");
                         refusal(StatusCode::BAD_GATEWAY, "destination_unavailable", &details)
                     }
                 };
@@ -1014,7 +1058,7 @@ impl Scrubbed {
             audit.record.bytes_in = self.received as i64;
             audit.record.bytes_out = self.sent.load(std::sync::atomic::Ordering::Relaxed) as i64;
             let status = StatusCode::from_u16(audit.record.status as u16).unwrap_or(StatusCode::OK);
-            tokio::spawn(audit.finish(status, outcome));
+            audit.finish(status, outcome);
         }
     }
 }

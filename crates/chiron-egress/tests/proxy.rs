@@ -141,6 +141,7 @@ async fn a_credential_is_refused_on_another_runners_listener() {
     let gone = connect_request(listeners[0], &credential).await;
     assert!(gone.starts_with("HTTP/1.1 407"), "{gone}");
     stop.cancel();
+    proxy.flush_audit().await;
     let rows = db.egress_requests(None, 10).await.unwrap();
     assert_eq!(rows.len(), 3);
     assert!(rows

@@ -38,7 +38,7 @@ fn write_all(dir: &Path, settings: &[(&str, String)]) -> bool {
 
 impl Limits {
     fn cpu_quota(&self) -> Option<u64> {
-        (self.cpus > 0.0).then(|| (self.cpus * 100_000.0) as u64)
+        (self.cpus > 0.0).then_some((self.cpus * 100_000.0) as u64)
     }
 
     /// Creates the runner's cgroups with the limits set. Returns no directories when the host

@@ -241,28 +241,38 @@ impl Store {
 
     /// Appends an egress audit row.
     pub async fn record_egress(&self, record: &EgressRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO egress_requests (id, at, principal_id, runner_id, package, call_id,
-                 method, host, path, status, bytes_in, bytes_out, duration_ms, injected, outcome)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-        )
-        .bind(uuid::Uuid::now_v7().to_string())
-        .bind(to_millis(record.at))
-        .bind(record.principal_id.to_string())
-        .bind(record.runner_id.clone())
-        .bind(record.package.clone())
-        .bind(record.call_id.clone())
-        .bind(record.method.clone())
-        .bind(record.host.clone())
-        .bind(record.path.clone())
-        .bind(record.status)
-        .bind(record.bytes_in)
-        .bind(record.bytes_out)
-        .bind(record.duration_ms)
-        .bind(record.injected.join(","))
-        .bind(record.outcome.clone())
-        .execute(self.pool())
-        .await?;
+        self.record_egress_batch(std::slice::from_ref(record)).await
+    }
+
+    /// Appends egress audit rows in one transaction.
+    pub async fn record_egress_batch(&self, records: &[EgressRecord]) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        for record in records {
+            sqlx::query(
+                "INSERT INTO egress_requests (id, at, principal_id, runner_id, package, call_id,
+                     method, host, path, status, bytes_in, bytes_out, duration_ms, injected,
+                     outcome)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+            )
+            .bind(uuid::Uuid::now_v7().to_string())
+            .bind(to_millis(record.at))
+            .bind(record.principal_id.to_string())
+            .bind(record.runner_id.clone())
+            .bind(record.package.clone())
+            .bind(record.call_id.clone())
+            .bind(record.method.clone())
+            .bind(record.host.clone())
+            .bind(record.path.clone())
+            .bind(record.status)
+            .bind(record.bytes_in)
+            .bind(record.bytes_out)
+            .bind(record.duration_ms)
+            .bind(record.injected.join(","))
+            .bind(record.outcome.clone())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

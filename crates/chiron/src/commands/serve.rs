@@ -130,6 +130,9 @@ pub async fn run(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
     if let Some(watcher) = watcher {
         let _ = watcher.await;
     }
+    if let Some(egress) = &egress {
+        egress.proxy.flush_audit().await;
+    }
     let _ = std::fs::remove_file(&pid_file);
     store.close().await;
     tracing::info!("stopped");
