@@ -18,8 +18,6 @@ use chiron_egress::{EgressProxy, EgressSettings, Keyring, MasterKey, Secrets};
 use chiron_runner::egress::{Credentials, EgressHook, ProcessIdentity, RunnerEgress};
 use chiron_store::grants::GrantSubject;
 use chiron_store::secrets::SecretOwner;
-use chiron_store::testing::store;
-use chiron_store::Backend;
 use chiron_tools::{EgressHost, Injection, SecretInjection};
 use tokio_util::sync::CancellationToken;
 
@@ -142,8 +140,16 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let (upstream, upstream_ca) = upstream().await;
-        let (db, _guard) = store(Backend::Sqlite).await;
         let dir = tempfile::tempdir().unwrap();
+        // Storage as a gateway has it by default: SQLite with 8 connections.
+        let db = chiron_store::Store::connect(&chiron_store::ConnectOptions {
+            url: format!("sqlite:{}", dir.path().join("bench.db").display()),
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(10),
+        })
+        .await
+        .unwrap();
+        db.migrate().await.unwrap();
         let ca = Arc::new(CertificateAuthority::load_or_create(dir.path()).unwrap());
         let secrets = Arc::new(Secrets::with_keyring(
             db.clone(),

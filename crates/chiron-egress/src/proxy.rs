@@ -42,7 +42,7 @@ use chiron_store::Store;
 use chiron_tools::{EgressHost, Injection};
 
 use crate::ca::CertificateAuthority;
-use crate::scrub::{Patterns, StreamScrubber};
+use crate::scrub::StreamScrubber;
 use crate::secrets::{Secrets, Values};
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -764,8 +764,8 @@ impl EgressProxy {
         }
 
         // Fail closed: no secrets, no egress.
-        let values = match self.inner.secrets.values_for(caller.runner.principal).await {
-            Ok(values) => values,
+        let (values, patterns) = match self.inner.secrets.current(caller.runner.principal).await {
+            Ok(current) => current,
             Err(err) => {
                 audit.finish(StatusCode::SERVICE_UNAVAILABLE, "secrets_unavailable");
                 return refusal(
@@ -834,7 +834,6 @@ impl EgressProxy {
             }
         };
 
-        let patterns = Patterns::new(values.values().map(|v| v.as_str()));
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         if !patterns.is_empty() {
@@ -852,7 +851,7 @@ impl EgressProxy {
         audit.record.status = i64::from(parts.status.as_u16());
         let body = Scrubbed {
             inner: body,
-            scrubber: StreamScrubber::new(patterns),
+            scrubber: StreamScrubber::new((*patterns).clone()),
             finished: false,
             received: 0,
             sent,

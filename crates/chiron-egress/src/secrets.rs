@@ -45,11 +45,21 @@ pub fn valid_name(name: &str) -> bool {
 /// The values that apply to one principal, by name: its own, else the team's.
 pub type Values = HashMap<String, Zeroizing<String>>;
 
+/// Opened values of one principal, and the sealed rows they came from: when storage returns
+/// exactly the same sealed rows (every set draws a fresh nonce), the values are reused instead
+/// of being opened again.
+struct Opened {
+    fingerprint: Vec<u8>,
+    values: Arc<Values>,
+    patterns: Arc<crate::scrub::Patterns>,
+}
+
 /// Sealed secrets over storage.
 pub struct Secrets {
     store: Store,
     key_file: PathBuf,
     keys: RwLock<Result<Arc<Keyring>, KeyError>>,
+    opened: std::sync::Mutex<HashMap<PrincipalId, Opened>>,
 }
 
 impl Secrets {
@@ -64,6 +74,7 @@ impl Secrets {
             store,
             key_file,
             keys: RwLock::new(keys),
+            opened: std::sync::Mutex::default(),
         }
     }
 
@@ -73,6 +84,7 @@ impl Secrets {
             store,
             key_file: PathBuf::new(),
             keys: RwLock::new(Ok(Arc::new(keyring))),
+            opened: std::sync::Mutex::default(),
         }
     }
 
@@ -147,8 +159,54 @@ impl Secrets {
     /// The plaintext values that apply to `principal`: its own, else the team's. Read afresh
     /// on every call, so a changed or deleted value takes effect on the next request.
     pub async fn values_for(&self, principal: PrincipalId) -> Result<Values, SecretError> {
+        Ok((*self.current(principal).await?.0).clone())
+    }
+
+    /// The principal's values and the scrubbing patterns for them, read from storage on every
+    /// call (so changes made anywhere apply at once) but opened only when they changed.
+    pub async fn current(
+        &self,
+        principal: PrincipalId,
+    ) -> Result<(Arc<Values>, Arc<crate::scrub::Patterns>), SecretError> {
         let keys = self.keyring()?;
         let sealed = self.store.secrets_for(principal).await?;
+        let mut fingerprint = keys.current_id().as_bytes().to_vec();
+        for secret in &sealed {
+            fingerprint.extend_from_slice(secret.name.as_bytes());
+            fingerprint.extend_from_slice(&secret.nonce);
+            fingerprint.extend_from_slice(&secret.ciphertext);
+        }
+        if let Some(opened) = self
+            .opened
+            .lock()
+            .expect("invariant: opened-values lock")
+            .get(&principal)
+            .filter(|o| o.fingerprint == fingerprint)
+        {
+            return Ok((opened.values.clone(), opened.patterns.clone()));
+        }
+        let values = Arc::new(Self::open_all(&keys, &sealed)?);
+        let patterns = Arc::new(crate::scrub::Patterns::new(
+            values.values().map(|v| v.as_str()),
+        ));
+        self.opened
+            .lock()
+            .expect("invariant: opened-values lock")
+            .insert(
+                principal,
+                Opened {
+                    fingerprint,
+                    values: values.clone(),
+                    patterns: patterns.clone(),
+                },
+            );
+        Ok((values, patterns))
+    }
+
+    fn open_all(
+        keys: &Keyring,
+        sealed: &[chiron_store::secrets::SealedSecret],
+    ) -> Result<Values, SecretError> {
         let mut values = Values::new();
         // Team values first, so the principal's own replace them.
         for secret in sealed
@@ -189,6 +247,10 @@ impl Secrets {
             .keys
             .write()
             .expect("invariant: keyring lock is never poisoned") = Ok(Arc::new(keyring));
+        self.opened
+            .lock()
+            .expect("invariant: opened-values lock")
+            .clear();
         Ok((count.load(std::sync::atomic::Ordering::SeqCst), id))
     }
 }

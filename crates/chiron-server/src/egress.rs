@@ -86,10 +86,9 @@ impl chiron_mcp::OutputScrubber for SecretScrubber {
         result: rmcp::model::CallToolResult,
     ) -> rmcp::model::CallToolResult {
         // Without usable secrets none can have been injected, so none can come back.
-        let Ok(values) = self.0.values_for(principal).await else {
+        let Ok((_, patterns)) = self.0.current(principal).await else {
             return result;
         };
-        let patterns = chiron_egress::scrub::Patterns::new(values.values().map(|v| v.as_str()));
         if patterns.is_empty() {
             return result;
         }

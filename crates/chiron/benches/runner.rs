@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use chiron_core::PrincipalId;
 use chiron_runner::local::{LocalBackend, LocalConfig, Mounts};
-use chiron_runner::{CommandCall, PoolConfig, RunnerBackend, RunnerPool, ToolRunner};
+use chiron_runner::{CommandCall, PoolConfig, RunnerBackend, RunnerPool, StdioCall, ToolRunner};
 use chiron_tools::{PackageKind, ToolPackage};
 
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
@@ -30,6 +30,34 @@ fn report(label: &str, samples: &mut [Duration]) -> Duration {
     );
     p50
 }
+
+/// This process's CPU time (user + system) so far.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage fills a zeroed struct for this process.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// The small stdio MCP server both sides of the mcp-stdio rows call.
+const STDIO_SERVER: &str = r#"
+import json, sys
+def send(message):
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+for line in sys.stdin:
+    message = json.loads(line)
+    method, ident = message.get("method"), message.get("id")
+    if method == "initialize":
+        send({"jsonrpc": "2.0", "id": ident, "result": {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}}, "serverInfo": {"name": "bench", "version": "1"}}})
+    elif method == "tools/list":
+        send({"jsonrpc": "2.0", "id": ident, "result": {"tools": [{"name": "ping", "inputSchema": {"type": "object"}}]}})
+    elif method == "tools/call":
+        send({"jsonrpc": "2.0", "id": ident, "result": {"content": [{"type": "text", "text": "pong"}]}})
+    elif ident is not None:
+        send({"jsonrpc": "2.0", "id": ident, "error": {"code": -32601, "message": "unknown method"}})
+"#;
 
 fn memory_kib(pid: u32) -> (u64, u64) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
@@ -66,11 +94,24 @@ fn main() {
         tools: vec![],
         egress: vec![],
     });
+    let stdio_dir = data.path().join("tools/stdio");
+    std::fs::create_dir_all(&stdio_dir).unwrap();
+    std::fs::write(stdio_dir.join("server.py"), STDIO_SERVER).unwrap();
+    let stdio = Arc::new(ToolPackage {
+        dir: stdio_dir.clone(),
+        name: "stdio".into(),
+        kind: PackageKind::McpStdio,
+        command: vec!["python3".into(), "server.py".into()],
+        ..(*package).clone()
+    });
     let config = LocalConfig {
         agent: vec![env!("CARGO_BIN_EXE_chiron").into(), "runner-agent".into()],
         data_dir: data.path().join("data"),
         mounts: Mounts {
-            tools: BTreeMap::from([("native".to_owned(), tools)]),
+            tools: BTreeMap::from([
+                ("native".to_owned(), tools),
+                ("stdio".to_owned(), stdio_dir.clone()),
+            ]),
             ..Default::default()
         },
         ca_bundle: None,
@@ -167,6 +208,102 @@ fn main() {
         }
         report("runner cold start (sandbox up, agent answers)", &mut cold);
         let fresh_p50 = report("fresh sandbox per call", &mut fresh);
+
+        // mcp-stdio: the same small server called directly over stdio on the host, then warm
+        // in a runner through the pool, then with sandbox + server start + initialize per call.
+        let stdio_call = |principal| StdioCall {
+            principal,
+            package: stdio.clone(),
+            tool: "ping".into(),
+            arguments: serde_json::Map::new(),
+            timeout: Duration::from_secs(10),
+            call_id: "bench".into(),
+        };
+        let direct_server = {
+            let mut child = tokio::process::Command::new("python3")
+                .arg(stdio_dir.join("server.py"))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            let transport = (child.stdout.take().unwrap(), child.stdin.take().unwrap());
+            (child, rmcp::ServiceExt::serve((), transport).await.unwrap())
+        };
+        let params = || rmcp::model::CallToolRequestParams::new("ping").with_arguments(serde_json::Map::new());
+        for _ in 0..20 {
+            direct_server.1.peer().call_tool(params()).await.unwrap();
+        }
+        let cpu_before = cpu_time();
+        let mut direct = Vec::with_capacity(calls);
+        for _ in 0..calls {
+            let started = Instant::now();
+            direct_server.1.peer().call_tool(params()).await.unwrap();
+            direct.push(started.elapsed());
+        }
+        let direct_cpu = (cpu_time() - cpu_before) / calls as u32;
+        let direct_p50 = report("mcp-stdio: direct stdio on the host", &mut direct);
+        drop(direct_server);
+
+        let pool = RunnerPool::new(Arc::new(LocalBackend::new(config.clone())), PoolConfig::default());
+        let bob = PrincipalId::new();
+        for _ in 0..20 {
+            pool.call_stdio(stdio_call(bob)).await.unwrap();
+        }
+        let cpu_before = cpu_time();
+        let mut warm_stdio = Vec::with_capacity(calls);
+        for _ in 0..calls {
+            let started = Instant::now();
+            let outcome = pool.call_stdio(stdio_call(bob)).await.unwrap();
+            warm_stdio.push(started.elapsed());
+            assert!(outcome.result.is_some());
+        }
+        let pool_cpu = (cpu_time() - cpu_before) / calls as u32;
+        let warm_stdio_p50 = report("mcp-stdio: warm in a runner (pool)", &mut warm_stdio);
+        pool.stop_all().await;
+
+        let mut per_call = Vec::new();
+        for _ in 0..10 {
+            let started = Instant::now();
+            let pool = RunnerPool::new(Arc::new(LocalBackend::new(config.clone())), PoolConfig::default());
+            pool.call_stdio(stdio_call(PrincipalId::new())).await.unwrap();
+            pool.stop_all().await;
+            per_call.push(started.elapsed());
+        }
+        let per_call_p50 = report("mcp-stdio: sandbox + start + initialize per call", &mut per_call);
+
+        // How many idle runners fit: start some, measure what each keeps resident.
+        let count = 30;
+        let backend = LocalBackend::new(config.clone());
+        let mut idle = Vec::new();
+        for _ in 0..count {
+            idle.push(backend.start(PrincipalId::new()).await.unwrap());
+        }
+        let (mut rss, mut pss) = (0u64, 0u64);
+        for runner in &idle {
+            let procs = std::fs::read_to_string(format!(
+                "/sys/fs/cgroup/pids/chiron/{}/cgroup.procs",
+                runner.id()
+            ))
+            .unwrap_or_default();
+            for pid in procs.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+                let (r, p) = memory_kib(pid);
+                rss += r;
+                pss += p;
+            }
+        }
+        for runner in &idle {
+            runner.stop().await;
+        }
+        let available_kib = std::fs::read_to_string("/proc/meminfo")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let (avg_rss, avg_pss) = (rss / count, pss / count);
+
         println!();
         println!(
             "added over plain exec (p50):   {:.3} ms",
@@ -175,6 +312,21 @@ fn main() {
         println!(
             "fresh sandbox / warm runner:   {:.1}x",
             fresh_p50.as_secs_f64() / warm_p50.as_secs_f64()
+        );
+        println!(
+            "mcp-stdio added over direct (p50): {:.3} ms; gateway CPU per warm call {} µs (direct client {} µs); per-call start / warm: {:.0}x",
+            (warm_stdio_p50.as_secs_f64() - direct_p50.as_secs_f64()) * 1e3,
+            pool_cpu.as_micros(),
+            direct_cpu.as_micros(),
+            per_call_p50.as_secs_f64() / warm_stdio_p50.as_secs_f64()
+        );
+        println!(
+            "{count} idle runners: {:.1} MiB RSS / {:.1} MiB PSS each; MemAvailable {:.1} GiB fits about {} by RSS, {} by PSS",
+            avg_rss as f64 / 1024.0,
+            avg_pss as f64 / 1024.0,
+            available_kib as f64 / 1024.0 / 1024.0,
+            available_kib / avg_rss.max(1),
+            available_kib / avg_pss.max(1)
         );
     });
 }

@@ -1,0 +1,310 @@
+//! Warm tool calls end to end through `/mcp` of a real `chiron serve` (bearer check, gate,
+//! session, grants, schema validation, runner pool, sandbox, call audit), in the session
+//! (2025-11-25) and stateless (2026-07-28) protocol forms, for a `command` tool (`/bin/true`)
+//! and an `mcp-stdio` tool, against baselines measured in the same run: plain exec of the same
+//! program on the host, and the same stdio server called directly. Also the gateway's CPU time
+//! per call (from /proc of the server process).
+//!
+//! Run: `cargo bench -p chiron --bench e2e` (as root, like the sandboxes need);
+//! `CHIRON_BENCH_CALLS` (default 300).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const STDIO_SERVER: &str = r#"
+import json, sys
+def send(message):
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+for line in sys.stdin:
+    message = json.loads(line)
+    method, ident = message.get("method"), message.get("id")
+    if method == "initialize":
+        send({"jsonrpc": "2.0", "id": ident, "result": {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}}, "serverInfo": {"name": "bench", "version": "1"}}})
+    elif method == "tools/list":
+        send({"jsonrpc": "2.0", "id": ident, "result": {"tools": [{"name": "ping", "inputSchema": {"type": "object"}}]}})
+    elif method == "tools/call":
+        send({"jsonrpc": "2.0", "id": ident, "result": {"content": [{"type": "text", "text": "pong"}]}})
+    elif ident is not None:
+        send({"jsonrpc": "2.0", "id": ident, "error": {"code": -32601, "message": "unknown method"}})
+"#;
+
+fn p50(samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn p99(samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    samples[((samples.len() as f64 - 1.0) * 0.99) as usize]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // After the command name: state is field 0, utime 11, stime 12.
+    field(11) + field(12)
+}
+
+struct Chiron {
+    dir: tempfile::TempDir,
+}
+
+impl Chiron {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_chiron"));
+        command
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("RUST_LOG")
+            .env("CHIRON_LOG__FILTER", "warn");
+        command
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.command(args).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+}
+
+struct Client {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+    session: Option<String>,
+    next_id: u64,
+}
+
+impl Client {
+    async fn post(
+        &mut self,
+        method: &str,
+        params: Value,
+        name: Option<&str>,
+    ) -> (reqwest::header::HeaderMap, String) {
+        self.next_id += 1;
+        let mut request = self
+            .http
+            .post(&self.url)
+            .bearer_auth(&self.token)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json");
+        let mut params = params;
+        match &self.session {
+            Some(session) => {
+                request = request
+                    .header("mcp-protocol-version", "2025-11-25")
+                    .header("mcp-session-id", session);
+            }
+            None if method != "initialize" => {
+                request = request
+                    .header("mcp-protocol-version", "2026-07-28")
+                    .header("mcp-method", method);
+                if let Some(name) = name {
+                    request = request.header("mcp-name", name);
+                }
+                params["_meta"] = json!({
+                    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                    "io.modelcontextprotocol/clientCapabilities": {}
+                });
+            }
+            None => {}
+        }
+        let body =
+            json!({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params});
+        let response = request.json(&body).send().await.unwrap();
+        let headers = response.headers().clone();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert!(status.is_success(), "{method}: {status} {text}");
+        (headers, text)
+    }
+
+    async fn call(&mut self, tool: &str) {
+        let (_, text) = self
+            .post(
+                "tools/call",
+                json!({"name": tool, "arguments": {}}),
+                Some(tool),
+            )
+            .await;
+        assert!(
+            text.contains("\"result\"") && !text.contains("\"isError\":true"),
+            "{text}"
+        );
+    }
+}
+
+fn main() {
+    let calls: usize = std::env::var("CHIRON_BENCH_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let tools = dir.path().join("tools");
+    std::fs::create_dir_all(tools.join("native")).unwrap();
+    std::fs::write(
+        tools.join("native/chiron-tool.toml"),
+        "name = \"native\"\nversion = \"1\"\nkind = \"command\"\ncommand = [\"true\"]\n[[tools]]\nname = \"true\"\ninput_schema = { type = \"object\" }\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(tools.join("stdio")).unwrap();
+    std::fs::write(
+        tools.join("stdio/chiron-tool.toml"),
+        "name = \"stdio\"\nversion = \"1\"\nkind = \"mcp-stdio\"\ncommand = [\"python3\", \"server.py\"]\n",
+    )
+    .unwrap();
+    std::fs::write(tools.join("stdio/server.py"), STDIO_SERVER).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        dir.path().join("chiron.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n[tools]\ndirs = [\"{}\"]\nwatch = false\n[mcp]\ncalls_per_minute = 1000000\ncall_burst = 100000\n",
+            tools.display()
+        ),
+    )
+    .unwrap();
+    let chiron = Chiron { dir };
+    chiron.ok(&["init"]);
+    chiron.ok(&["principal", "add", "bench"]);
+    chiron.ok(&["grant", "add", "native", "--principal", "bench"]);
+    chiron.ok(&["grant", "add", "stdio", "--principal", "bench"]);
+    let token = chiron
+        .ok(&["token", "issue", "--principal", "bench"])
+        .trim()
+        .to_owned();
+    let mut server = chiron
+        .command(&["serve"])
+        .env("CHIRON_LOG__FILTER", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = server.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("listening listen=") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let server_pid = server.id();
+    let ticks_per_second = 100.0; // USER_HZ on Linux
+
+    // Baselines on the host.
+    let mut host = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let started = Instant::now();
+        assert!(Command::new("true").status().unwrap().success());
+        host.push(started.elapsed());
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut child = tokio::process::Command::new("python3")
+            .arg(tools.join("stdio/server.py"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let direct = rmcp::ServiceExt::serve((), (child.stdout.take().unwrap(), child.stdin.take().unwrap()))
+            .await
+            .unwrap();
+        let params = || rmcp::model::CallToolRequestParams::new("ping").with_arguments(serde_json::Map::new());
+        for _ in 0..20 {
+            direct.peer().call_tool(params()).await.unwrap();
+        }
+        let mut stdio_direct = Vec::with_capacity(calls);
+        for _ in 0..calls {
+            let started = Instant::now();
+            direct.peer().call_tool(params()).await.unwrap();
+            stdio_direct.push(started.elapsed());
+        }
+        drop(direct);
+
+        let http = reqwest::Client::builder().tcp_nodelay(true).build().unwrap();
+        let url = format!("http://127.0.0.1:{port}/mcp");
+        println!("end-to-end benchmark: {calls} warm calls per row through /mcp of `chiron serve`");
+        println!("{:<52} p50 {:>7.3} ms  p99 {:>7.3} ms", "baseline: plain exec of /bin/true on the host", ms(p50(&mut host)), ms(p99(&mut host)));
+        println!("{:<52} p50 {:>7.3} ms  p99 {:>7.3} ms", "baseline: the stdio server called directly", ms(p50(&mut stdio_direct)), ms(p99(&mut stdio_direct)));
+        for form in ["session", "stateless"] {
+            let mut client = Client { http: http.clone(), url: url.clone(), token: token.clone(), session: None, next_id: 0 };
+            if form == "session" {
+                let (headers, _) = client
+                    .post("initialize", json!({"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}), None)
+                    .await;
+                client.session = headers.get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let session = client.session.clone().unwrap();
+                let response = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("accept", "application/json, text/event-stream")
+                    .header("mcp-protocol-version", "2025-11-25")
+                    .header("mcp-session-id", &session)
+                    .json(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(response.status().is_success());
+            }
+            for (tool, baseline) in [("native_true", p50(&mut host)), ("stdio_ping", p50(&mut stdio_direct))] {
+                for _ in 0..20 {
+                    client.call(tool).await;
+                }
+                let ticks = cpu_ticks(server_pid);
+                let mut samples = Vec::with_capacity(calls);
+                for _ in 0..calls {
+                    let started = Instant::now();
+                    client.call(tool).await;
+                    samples.push(started.elapsed());
+                }
+                let cpu_us = (cpu_ticks(server_pid) - ticks) as f64 / ticks_per_second * 1e6 / calls as f64;
+                let (median, tail) = (p50(&mut samples), p99(&mut samples));
+                println!(
+                    "{:<52} p50 {:>7.3} ms  p99 {:>7.3} ms  added {:>6.3} ms  gateway CPU {:>5.0} µs/call",
+                    format!("/mcp {form:<9} {tool}"),
+                    ms(median),
+                    ms(tail),
+                    ms(median) - ms(baseline),
+                    cpu_us
+                );
+            }
+        }
+    });
+    // SAFETY: signalling the server this bench started.
+    unsafe { libc::kill(server_pid as i32, libc::SIGTERM) };
+    let _ = server.wait();
+}
