@@ -222,6 +222,8 @@ pub struct EgressConfig {
     pub resolve: std::collections::BTreeMap<String, SocketAddr>,
     /// A PEM file of extra CA certificates upstream TLS may chain to.
     pub extra_ca: Option<PathBuf>,
+    /// Where the standalone proxy (`chiron egress serve`) listens.
+    pub listen: SocketAddr,
 }
 
 impl Default for EgressConfig {
@@ -232,6 +234,7 @@ impl Default for EgressConfig {
             allowed_networks: Vec::new(),
             resolve: Default::default(),
             extra_ca: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 3129)),
         }
     }
 }

@@ -377,11 +377,21 @@ impl EgressProxy {
 
     /// Serves one accepted connection from `runner`'s listener.
     pub async fn serve_connection(&self, runner: Arc<RunnerEgress>, stream: TcpStream) {
+        self.serve_origin(Origin::Runner(runner), stream).await;
+    }
+
+    /// Serves one connection to the standalone proxy (`chiron egress`), where each request
+    /// names its runner, principal and package with a stored egress credential.
+    pub async fn serve_shared_connection(&self, stream: TcpStream) {
+        self.serve_origin(Origin::Shared, stream).await;
+    }
+
+    async fn serve_origin(&self, origin: Origin, stream: TcpStream) {
         let _ = stream.set_nodelay(true);
         let proxy = self.clone();
         let service = hyper::service::service_fn(move |request| {
-            let (proxy, runner) = (proxy.clone(), runner.clone());
-            async move { Ok::<_, Infallible>(proxy.handle(runner, request).await) }
+            let (proxy, origin) = (proxy.clone(), origin.clone());
+            async move { Ok::<_, Infallible>(proxy.handle(origin, request).await) }
         });
         let served = hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(stream), service)
@@ -408,6 +418,28 @@ impl EgressHook for EgressProxy {
             }
         });
     }
+}
+
+/// Where a connection came from: a runner's own listener, or the shared standalone listener.
+#[derive(Clone)]
+enum Origin {
+    Runner(Arc<RunnerEgress>),
+    Shared,
+}
+
+/// The SHA-256 (hex) under which a standalone credential is stored.
+pub fn credential_hash(secret: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// A new standalone credential's secret.
+pub fn new_credential() -> String {
+    use rand::distributions::{Alphanumeric, DistString};
+    format!(
+        "chre_{}",
+        Alphanumeric.sample_string(&mut rand::rngs::OsRng, 40)
+    )
 }
 
 /// Everything known about the request's sender.
@@ -557,11 +589,67 @@ impl Audit {
 }
 
 impl EgressProxy {
-    async fn handle(
+    /// Identifies the sender: on a runner's listener by the process credential, on the shared
+    /// listener by a stored egress credential (unrevoked).
+    async fn identify(
         &self,
-        runner: Arc<RunnerEgress>,
-        request: Request<Incoming>,
-    ) -> Response<ProxyBody> {
+        origin: Origin,
+        request: &Request<Incoming>,
+    ) -> (Arc<RunnerEgress>, Option<Caller>) {
+        match origin {
+            Origin::Runner(runner) => {
+                let caller = credential(request)
+                    .and_then(|secret| runner.credentials.lookup(&secret))
+                    .map(|process| Caller {
+                        runner: runner.clone(),
+                        process,
+                    });
+                (runner, caller)
+            }
+            Origin::Shared => {
+                let found = match credential(request) {
+                    Some(secret) => self
+                        .inner
+                        .store
+                        .find_egress_credential(&credential_hash(&secret))
+                        .await
+                        .unwrap_or_else(|err| {
+                            tracing::warn!(error = %err, "egress credential lookup failed");
+                            None
+                        }),
+                    None => None,
+                };
+                match found {
+                    Some(stored) => {
+                        let runner = Arc::new(RunnerEgress {
+                            runner_id: stored.runner_id,
+                            principal: stored.principal_id,
+                            credentials: Arc::default(),
+                        });
+                        let caller = Caller {
+                            runner: runner.clone(),
+                            process: ProcessIdentity {
+                                package: stored.package,
+                                call_id: None,
+                            },
+                        };
+                        (runner, Some(caller))
+                    }
+                    None => (
+                        Arc::new(RunnerEgress {
+                            runner_id: String::new(),
+                            principal: chiron_core::PrincipalId(uuid::Uuid::nil()),
+                            credentials: Arc::default(),
+                        }),
+                        None,
+                    ),
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, origin: Origin, request: Request<Incoming>) -> Response<ProxyBody> {
+        let (runner, caller) = self.identify(origin, &request).await;
         let is_connect = request.method() == Method::CONNECT;
         let (host, port) = if is_connect {
             host_of(request.uri().authority().map_or("", |a| a.as_str()))
@@ -576,12 +664,6 @@ impl EgressProxy {
             )
         };
         let path = request.uri().path().to_owned();
-        let caller = credential(&request)
-            .and_then(|secret| runner.credentials.lookup(&secret))
-            .map(|process| Caller {
-                runner: runner.clone(),
-                process,
-            });
         let audit = Audit::new(
             &self.inner.audit,
             caller.as_ref(),

@@ -321,3 +321,86 @@ impl Store {
             .collect()
     }
 }
+
+/// A standalone-proxy credential as stored (its hash only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EgressCredential {
+    /// Stable id, for revocation.
+    pub id: String,
+    /// Whose requests it makes.
+    pub principal_id: PrincipalId,
+    /// The runner it was issued to.
+    pub runner_id: String,
+    /// The package whose declarations apply.
+    pub package: String,
+    /// When it was revoked, if it was.
+    #[serde(with = "chiron_core::time_util::serde_rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+impl Store {
+    /// Records a standalone-proxy credential by the hash of its secret; returns its id.
+    pub async fn insert_egress_credential(
+        &self,
+        token_hash: &str,
+        principal_id: PrincipalId,
+        runner_id: &str,
+        package: &str,
+    ) -> Result<String, StoreError> {
+        let id = uuid::Uuid::now_v7().to_string();
+        sqlx::query(
+            "INSERT INTO egress_credentials (id, token_hash, principal_id, runner_id, package,
+                 created_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id.clone())
+        .bind(token_hash.to_owned())
+        .bind(principal_id.to_string())
+        .bind(runner_id.to_owned())
+        .bind(package.to_owned())
+        .bind(to_millis(now()))
+        .execute(self.pool())
+        .await?;
+        Ok(id)
+    }
+
+    /// The unrevoked credential with this hash.
+    pub async fn find_egress_credential(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<EgressCredential>, StoreError> {
+        let row = sqlx::query(
+            "SELECT * FROM egress_credentials WHERE token_hash = $1 AND revoked_at IS NULL",
+        )
+        .bind(token_hash.to_owned())
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(|row| {
+            let principal: String = row.try_get("principal_id")?;
+            let revoked: Option<i64> = row.try_get("revoked_at")?;
+            Ok(EgressCredential {
+                id: row.try_get("id")?,
+                principal_id: principal.parse().map_err(|_| StoreError::Corrupt {
+                    table: "egress_credentials",
+                    reason: "not a principal id".into(),
+                })?,
+                runner_id: row.try_get("runner_id")?,
+                package: row.try_get("package")?,
+                revoked_at: revoked.map(from_millis),
+            })
+        })
+        .transpose()
+    }
+
+    /// Revokes a credential; returns whether an unrevoked one existed.
+    pub async fn revoke_egress_credential(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE egress_credentials SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+        )
+        .bind(to_millis(now()))
+        .bind(id.to_owned())
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}

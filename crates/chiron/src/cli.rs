@@ -81,6 +81,9 @@ pub enum Command {
     /// Secrets the egress proxy injects (values are read from stdin, never from arguments).
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// The standalone egress proxy (scale-out) and its credentials.
+    #[command(subcommand)]
+    Egress(EgressCommand),
     /// Read the audit log: administrative events and tool calls.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -128,6 +131,30 @@ pub enum AuditCommand {
         /// One JSON object per line instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EgressCommand {
+    /// Run only the egress proxy on egress.listen; callers identify with a credential from
+    /// `chiron egress issue` as the proxy password.
+    Serve,
+    /// Issue a credential for the standalone proxy (printed once).
+    Issue {
+        /// Whose requests it makes (principal id or exact display name).
+        #[arg(long)]
+        principal: String,
+        /// The package whose egress declarations apply.
+        #[arg(long)]
+        package: String,
+        /// The runner it is for (shown in the egress audit).
+        #[arg(long, default_value = "standalone")]
+        runner: String,
+    },
+    /// Revoke a credential by id.
+    Revoke {
+        /// The id `issue` printed.
+        id: String,
     },
 }
 

@@ -114,3 +114,31 @@ backend_tests!(
         assert_eq!(linked[0].injected, ["GITHUB_TOKEN"]);
     }
 );
+
+backend_tests!(
+    egress_credentials_are_found_by_hash_until_revoked,
+    |store: Store| async move {
+        let alice = PrincipalId::new();
+        let id = store
+            .insert_egress_credential("abc123", alice, "runner-9", "github")
+            .await
+            .unwrap();
+        let found = store
+            .find_egress_credential("abc123")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                found.principal_id,
+                found.runner_id.as_str(),
+                found.package.as_str()
+            ),
+            (alice, "runner-9", "github")
+        );
+        assert_eq!(store.find_egress_credential("other").await.unwrap(), None);
+        assert!(store.revoke_egress_credential(&id).await.unwrap());
+        assert!(!store.revoke_egress_credential(&id).await.unwrap());
+        assert_eq!(store.find_egress_credential("abc123").await.unwrap(), None);
+    }
+);

@@ -3,6 +3,7 @@
 
 mod audit;
 mod doctor;
+mod egress;
 mod manage;
 mod runner;
 mod secret;
@@ -32,6 +33,7 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Tool(cmd) => tool::run(config, cmd),
         Command::Grant(cmd) => manage::grant(config, cmd).await,
         Command::Secret(cmd) => secret::run(config, cmd).await,
+        Command::Egress(cmd) => egress::run(config, cmd).await,
         Command::Audit(cmd) => audit::run(config, cmd).await,
         Command::Runner(cmd) => runner::run(config, cmd).await,
     }

@@ -497,3 +497,63 @@ fn without_the_right_master_key_nothing_is_forwarded() {
     assert!(upstream.seen_at("/no-key").is_empty());
     server.terminate();
 }
+
+#[test]
+fn the_standalone_proxy_serves_a_runner_credential_and_refuses_a_revoked_one() {
+    let Setup {
+        mut chiron,
+        upstream,
+        ..
+    } = setup();
+    // The standalone proxy listens where the harness expects a server.
+    let listen = format!("127.0.0.1:{}", chiron.port);
+    chiron.set_env("CHIRON_EGRESS__LISTEN", &listen);
+    let issued = chiron.run(&[
+        "egress",
+        "issue",
+        "--principal",
+        "alice",
+        "--package",
+        "net",
+    ]);
+    assert!(issued.status.success());
+    let credential = String::from_utf8(issued.stdout).unwrap().trim().to_owned();
+    let id = String::from_utf8_lossy(&issued.stderr)
+        .lines()
+        .find_map(|l| l.strip_prefix("egress credential "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let proxy = chiron.serve(&["egress", "serve"]);
+    let ca = std::fs::read(chiron.data_dir().join("egress/ca.pem")).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let get = |credential: &str, path: &str| {
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .proxy(reqwest::Proxy::all(format!("http://chiron:{credential}@{listen}")).unwrap())
+            .build()
+            .unwrap();
+        let url = format!("https://api.github.com{path}");
+        runtime.block_on(async move {
+            match client.get(url).send().await {
+                Ok(response) => response.status().as_u16().to_string(),
+                Err(err) => format!("error: {err:?}"),
+            }
+        })
+    };
+    assert_eq!(get(&credential, "/standalone"), "200");
+    assert_eq!(
+        upstream.seen_at("/standalone")[0].authorization.as_deref(),
+        Some(format!("token {ALICE_GITHUB}").as_str())
+    );
+    chiron.ok(&["egress", "revoke", &id]);
+    let refused = get(&credential, "/after-revoke");
+    let auth_required =
+        |answer: &str| answer.contains("407") || answer.contains("ProxyAuthRequired");
+    assert!(auth_required(&refused), "{refused}");
+    assert!(auth_required(&get("chre_madeup", "/made-up")));
+    assert!(upstream.seen_at("/after-revoke").is_empty());
+    let (code, logs) = proxy.terminate();
+    assert_eq!(code, Some(0), "{logs}");
+    assert!(!logs.contains(&credential) && !logs.contains(ALICE_GITHUB));
+}
