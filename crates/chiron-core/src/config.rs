@@ -29,6 +29,8 @@ pub struct Config {
     pub runner: RunnerConfig,
     /// The egress proxy and secrets.
     pub egress: EgressConfig,
+    /// The Slack bot.
+    pub slack: SlackConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -203,6 +205,48 @@ impl Default for ToolsConfig {
             python: PathBuf::from("/usr/bin/python3"),
             npm: PathBuf::from("npm"),
             access_poll_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// `[slack]`. Credentials come from files or the environment (`CHIRON_SLACK_SIGNING_SECRET`,
+/// `CHIRON_SLACK_BOT_TOKEN`, `CHIRON_SLACK_APP_TOKEN`), never from this file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlackConfig {
+    /// Serve the Slack bot.
+    pub enabled: bool,
+    /// `events` (Events API over HTTP: /slack/events, /slack/commands, /slack/interactions)
+    /// or `socket` (Socket Mode over a WebSocket the gateway opens).
+    pub transport: String,
+    /// Slack's Web API base URL (tests point it at a local fake).
+    pub api_base: Url,
+    /// Team ids served; others are refused. Empty: none (the bot answers nobody).
+    pub workspaces: Vec<String>,
+    /// Serve guest accounts (restricted and ultra-restricted users).
+    pub allow_guests: bool,
+    /// Serve bot users.
+    pub allow_bots: bool,
+    /// File holding the signing secret (Events API).
+    pub signing_secret_file: Option<PathBuf>,
+    /// File holding the bot token (`xoxb-…`).
+    pub bot_token_file: Option<PathBuf>,
+    /// File holding the app-level token (`xapp-…`, Socket Mode).
+    pub app_token_file: Option<PathBuf>,
+}
+
+impl Default for SlackConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            transport: "events".into(),
+            api_base: Url::parse("https://slack.com/api/").expect("invariant: static URL"),
+            workspaces: Vec::new(),
+            allow_guests: false,
+            allow_bots: false,
+            signing_secret_file: None,
+            bot_token_file: None,
+            app_token_file: None,
         }
     }
 }

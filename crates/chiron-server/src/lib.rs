@@ -12,6 +12,7 @@ pub mod health;
 pub mod metrics;
 pub mod serve;
 pub mod setup;
+pub mod slack;
 pub mod state;
 pub mod tools;
 

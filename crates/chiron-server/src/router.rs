@@ -13,12 +13,16 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Builds the app: routes plus the cross-cutting layers.
 pub fn router(state: AppState) -> Router {
-    let routes = Router::new()
+    let mut routes = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::handler))
         .nest("/admin/api", admin::routes())
-        .merge(state.mcp.router().with_state::<AppState>(()))
+        .merge(state.mcp.router().with_state::<AppState>(()));
+    if let Some(slack) = &state.slack {
+        routes = routes.nest_service("/slack", slack.clone());
+    }
+    let routes = routes
         // Runs inside routing, so the matched route template is known.
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -27,6 +27,8 @@ pub struct AppState {
     pub catalog: Arc<dyn ToolCatalog>,
     /// The per-principal runners, when this server runs tools.
     pub runners: Option<Arc<chiron_runner::RunnerPool>>,
+    /// The Slack bot's routes (Events API transport), served under `/slack`.
+    pub slack: Option<axum::Router>,
     /// Cancelled when the server shuts down: ends MCP sessions and their streams so draining
     /// does not wait on long-lived SSE connections.
     pub shutdown: CancellationToken,
@@ -44,6 +46,12 @@ impl AppState {
     /// The same state with the runner pool that serves its catalog's tools.
     pub fn with_runners(mut self, runners: Arc<chiron_runner::RunnerPool>) -> Self {
         self.runners = Some(runners);
+        self
+    }
+
+    /// The same state serving the Slack bot's routes under `/slack`.
+    pub fn with_slack(mut self, routes: axum::Router) -> Self {
+        self.slack = Some(routes);
         self
     }
 
@@ -69,6 +77,7 @@ impl AppState {
             mcp,
             catalog,
             runners: None,
+            slack: None,
             shutdown,
         }
     }

@@ -84,6 +84,9 @@ pub enum Command {
     /// The standalone egress proxy (scale-out) and its credentials.
     #[command(subcommand)]
     Egress(EgressCommand),
+    /// The Slack bot.
+    #[command(subcommand)]
+    Slack(SlackCommand),
     /// Read the audit log: administrative events and tool calls.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -132,6 +135,12 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SlackCommand {
+    /// Transport, workspaces, connection state and last event of the serving gateway's bot.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]

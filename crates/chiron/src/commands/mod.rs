@@ -34,6 +34,7 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Grant(cmd) => manage::grant(config, cmd).await,
         Command::Secret(cmd) => secret::run(config, cmd).await,
         Command::Egress(cmd) => egress::run(config, cmd).await,
+        Command::Slack(crate::cli::SlackCommand::Status) => slack_status(&config),
         Command::Audit(cmd) => audit::run(config, cmd).await,
         Command::Runner(cmd) => runner::run(config, cmd).await,
     }
@@ -74,6 +75,25 @@ async fn init(config: Config) -> anyhow::Result<ExitCode> {
         }
     }
     store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn slack_status(config: &Config) -> anyhow::Result<ExitCode> {
+    if !config.slack.enabled {
+        println!("the Slack bot is not enabled (slack.enabled = false)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let path = chiron_server::slack::status_path(config);
+    let Some(status) = chiron_slack::status::StatusFile::read(&path) else {
+        anyhow::bail!("no status at {}: is the server running?", path.display());
+    };
+    println!("transport:  {}", status.transport);
+    println!("workspaces: {}", status.workspaces.join(", "));
+    println!("connection: {}", status.connection);
+    println!(
+        "last event: {}",
+        status.last_event.as_deref().unwrap_or("none yet")
+    );
     Ok(ExitCode::SUCCESS)
 }
 

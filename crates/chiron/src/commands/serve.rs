@@ -108,8 +108,33 @@ pub async fn run(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
     };
     let flusher = auth.spawn_usage_flusher(Duration::from_secs(5), background.clone());
     let grace = config.server.shutdown_grace;
-    let state = AppState::with_catalog(config, store.clone(), auth, tools.catalog.clone())
+    let mut slack_socket = None;
+    let mut slack_routes = None;
+    if config.slack.enabled {
+        let secrets = match &egress {
+            Some(egress) => egress.secrets.clone(),
+            None => chiron_server::egress::secrets(&config, store.clone()),
+        };
+        let transport = chiron_server::slack::start(
+            std::sync::Arc::new(config.clone()),
+            auth.clone(),
+            store.clone(),
+            secrets,
+            background.clone(),
+        )
+        .map_err(anyhow::Error::msg)
+        .context("starting the Slack bot")?;
+        match transport {
+            chiron_server::slack::SlackTransport::Events(routes) => slack_routes = Some(routes),
+            chiron_server::slack::SlackTransport::Socket(task) => slack_socket = Some(task),
+        }
+        tracing::info!(transport = %config.slack.transport, "slack bot started");
+    }
+    let mut state = AppState::with_catalog(config, store.clone(), auth, tools.catalog.clone())
         .with_runners(tools.pool.clone());
+    if let Some(routes) = slack_routes {
+        state = state.with_slack(routes);
+    }
     let reaper = state.mcp.spawn_reaper(background.clone());
     // Stops idle runners while serving and every runner at shutdown.
     let runners = tools.pool.spawn_reaper(background.clone());
@@ -127,6 +152,9 @@ pub async fn run(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
     let _ = runners.await;
     reloader.abort();
     let _ = access.await;
+    if let Some(task) = slack_socket {
+        let _ = task.await;
+    }
     if let Some(watcher) = watcher {
         let _ = watcher.await;
     }

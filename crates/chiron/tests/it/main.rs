@@ -6,5 +6,6 @@ mod leak;
 mod mcp_sdk;
 mod sandbox;
 mod serve;
+mod slack;
 mod support;
 mod upstream;
