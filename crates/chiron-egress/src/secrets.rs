@@ -203,6 +203,17 @@ impl Secrets {
         Ok((values, patterns))
     }
 
+    /// The scrubbing patterns of the values last opened for `principal` in this process,
+    /// without reading storage. Tool processes can only have received values this process's
+    /// proxy opened, so these cover everything a tool result could echo.
+    pub fn opened_patterns(&self, principal: PrincipalId) -> Option<Arc<crate::scrub::Patterns>> {
+        self.opened
+            .lock()
+            .expect("invariant: opened-values lock")
+            .get(&principal)
+            .map(|o| o.patterns.clone())
+    }
+
     fn open_all(
         keys: &Keyring,
         sealed: &[chiron_store::secrets::SealedSecret],

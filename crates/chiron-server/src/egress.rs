@@ -85,8 +85,9 @@ impl chiron_mcp::OutputScrubber for SecretScrubber {
         principal: chiron_core::PrincipalId,
         result: rmcp::model::CallToolResult,
     ) -> rmcp::model::CallToolResult {
-        // Without usable secrets none can have been injected, so none can come back.
-        let Ok((_, patterns)) = self.0.current(principal).await else {
+        // Only values this gateway's proxy opened can have reached a tool; without any, there
+        // is nothing to scrub.
+        let Some(patterns) = self.0.opened_patterns(principal) else {
             return result;
         };
         if patterns.is_empty() {
