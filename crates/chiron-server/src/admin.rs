@@ -403,20 +403,25 @@ struct GrantBody {
     everyone: bool,
 }
 
+/// The id of an existing principal, from its text form.
+async fn existing_principal(state: &AppState, text: &str) -> Result<PrincipalId, ApiError> {
+    let id: PrincipalId = parse_id(text, "principal")?;
+    state
+        .store
+        .get_principal(id)
+        .await?
+        .ok_or(ApiError::NotFound("principal"))?;
+    Ok(id)
+}
+
 async fn grant_subject(state: &AppState, body: &GrantBody) -> Result<GrantSubject, ApiError> {
     if body.package.trim().is_empty() {
         return Err(ApiError::BadRequest("package must not be empty".into()));
     }
     match (&body.principal, &body.group, body.everyone) {
-        (Some(principal), None, false) => {
-            let id: PrincipalId = parse_id(principal, "principal")?;
-            state
-                .store
-                .get_principal(id)
-                .await?
-                .ok_or(ApiError::NotFound("principal"))?;
-            Ok(GrantSubject::Principal(id))
-        }
+        (Some(principal), None, false) => Ok(GrantSubject::Principal(
+            existing_principal(state, principal).await?,
+        )),
         (None, Some(group), false) => Ok(GrantSubject::Group(group_id(state, group).await?)),
         (None, None, true) => Ok(GrantSubject::Everyone),
         _ => Err(ApiError::BadRequest(
@@ -514,15 +519,9 @@ async fn secret_owner(
 ) -> Result<chiron_store::secrets::SecretOwner, ApiError> {
     use chiron_store::secrets::SecretOwner;
     match (&body.principal, body.team) {
-        (Some(principal), false) => {
-            let id: PrincipalId = parse_id(principal, "principal")?;
-            state
-                .store
-                .get_principal(id)
-                .await?
-                .ok_or(ApiError::NotFound("principal"))?;
-            Ok(SecretOwner::Principal(id))
-        }
+        (Some(principal), false) => Ok(SecretOwner::Principal(
+            existing_principal(state, principal).await?,
+        )),
         (None, true) => Ok(SecretOwner::Team),
         _ => Err(ApiError::BadRequest(
             "give exactly one of principal or team".into(),

@@ -41,23 +41,7 @@ fn cpu_time() -> Duration {
 }
 
 /// The small stdio MCP server both sides of the mcp-stdio rows call.
-const STDIO_SERVER: &str = r#"
-import json, sys
-def send(message):
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
-for line in sys.stdin:
-    message = json.loads(line)
-    method, ident = message.get("method"), message.get("id")
-    if method == "initialize":
-        send({"jsonrpc": "2.0", "id": ident, "result": {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}}, "serverInfo": {"name": "bench", "version": "1"}}})
-    elif method == "tools/list":
-        send({"jsonrpc": "2.0", "id": ident, "result": {"tools": [{"name": "ping", "inputSchema": {"type": "object"}}]}})
-    elif method == "tools/call":
-        send({"jsonrpc": "2.0", "id": ident, "result": {"content": [{"type": "text", "text": "pong"}]}})
-    elif ident is not None:
-        send({"jsonrpc": "2.0", "id": ident, "error": {"code": -32601, "message": "unknown method"}})
-"#;
+const STDIO_SERVER: &str = include_str!("../tests/fixtures/stdio_server.py");
 
 fn memory_kib(pid: u32) -> (u64, u64) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
