@@ -127,6 +127,26 @@ pub struct PoolStats {
     pub reaped: AtomicU64,
     /// Runners found dead.
     pub crashed: AtomicU64,
+    /// Durations (seconds) of calls finished since the last [`PoolStats::take_call_seconds`]
+    /// (bounded; the metrics scrape drains them into a histogram).
+    call_seconds: Mutex<Vec<f64>>,
+}
+
+/// Call durations kept between two metric scrapes at most.
+const MAX_PENDING_DURATIONS: usize = 100_000;
+
+impl PoolStats {
+    fn record_call(&self, seconds: f64) {
+        let mut pending = self.call_seconds.lock().expect("invariant: durations lock");
+        if pending.len() < MAX_PENDING_DURATIONS {
+            pending.push(seconds);
+        }
+    }
+
+    /// The durations of calls finished since the last time, in seconds.
+    pub fn take_call_seconds(&self) -> Vec<f64> {
+        std::mem::take(&mut *self.call_seconds.lock().expect("invariant: durations lock"))
+    }
 }
 
 /// What `chiron runner list` shows.
@@ -396,7 +416,9 @@ impl RunnerPool {
         };
         slot.running.fetch_add(1, Ordering::SeqCst);
         slot.touch();
+        let started = Instant::now();
         let result = work(runner.clone()).await;
+        self.stats.record_call(started.elapsed().as_secs_f64());
         slot.running.fetch_sub(1, Ordering::SeqCst);
         slot.touch();
         if matches!(result, Err(RunnerError::Exited(_))) || !runner.is_alive() {

@@ -43,6 +43,7 @@ pub struct Metrics {
     runner_starts: Gauge,
     runner_crashes: Gauge,
     runner_reaps: Gauge,
+    runner_call_duration: Histogram,
 }
 
 fn latency_histogram() -> Histogram {
@@ -103,7 +104,14 @@ impl Metrics {
             "runner_reaps",
             "Runners stopped for idleness or to make room",
         );
+        let runner_call_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register(
+            "runner_call_duration_seconds",
+            "Tool calls in runners, from taking a runner slot to the result",
+            runner_call_duration.clone(),
+        );
         Self {
+            runner_call_duration,
             registry,
             requests,
             latency,
@@ -132,6 +140,9 @@ impl Metrics {
             .set(stats.crashed.load(Ordering::Relaxed) as i64);
         self.runner_reaps
             .set(stats.reaped.load(Ordering::Relaxed) as i64);
+        for seconds in stats.take_call_seconds() {
+            self.runner_call_duration.observe(seconds);
+        }
     }
 
     /// Records one finished request.

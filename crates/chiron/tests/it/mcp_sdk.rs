@@ -312,6 +312,17 @@ fn granted_package_tools_run_in_the_principals_sandbox() {
         .replace("echo_nothing", "X");
     assert_eq!(hidden, missing);
 
+    // The runner is visible in the metrics, with the duration of every call it ran.
+    let metrics = http_get(&format!("{}/metrics", chiron.base()));
+    assert!(metrics.contains("chiron_runners_active 1"), "{metrics}");
+    let count = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("chiron_runner_call_duration_seconds_count "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    // Seven calls reached a runner (the two with invalid arguments never did).
+    assert_eq!(count, 7, "{metrics}");
+
     let (code, _) = server.terminate();
     assert_eq!(code, Some(0));
     // Every call was audited; echo is safe to log, nsprobe is not.
