@@ -349,31 +349,27 @@ impl LocalBackend {
                 tokio::task::spawn_blocking(move || control::recv(&*control)),
             )
             .await;
-            let (message, mut fds) = match received {
-                Ok(Ok(Ok(received))) => received,
-                Ok(Ok(Err(err))) => {
-                    let _ = child.start_kill();
-                    let sandbox = inner_pid.and_then(|pid| Sandbox::adopt(pid).ok());
-                    if let Some(sandbox) = sandbox {
-                        sandbox.kill();
+            let failure = match received {
+                Ok(Ok(Ok((message, mut fds)))) => {
+                    if let Some(pid) = message.pid {
+                        inner_pid = Some(pid);
+                    } else if message.listener {
+                        listener = fds.pop();
                     }
-                    return Err(RunnerError::Start(format!(
-                        "the sandbox did not come up ({err}; see the runner agent log)"
-                    )));
+                    continue;
                 }
-                Ok(Err(err)) => return Err(RunnerError::Start(err.to_string())),
-                Err(_) => {
-                    let _ = child.start_kill();
-                    return Err(RunnerError::Start(
-                        "the sandbox did not come up in time".into(),
-                    ));
+                Ok(Ok(Err(err))) => {
+                    format!("the sandbox did not come up ({err}; see the runner agent log)")
                 }
+                Ok(Err(err)) => err.to_string(),
+                Err(_) => "the sandbox did not come up in time".to_owned(),
             };
-            if let Some(pid) = message.pid {
-                inner_pid = Some(pid);
-            } else if message.listener {
-                listener = fds.pop();
+            // Leave nothing behind: the outer stage and, if it already forked, PID 1.
+            let _ = child.start_kill();
+            if let Some(sandbox) = inner_pid.and_then(|pid| Sandbox::adopt(pid).ok()) {
+                sandbox.kill();
             }
+            return Err(RunnerError::Start(failure));
         }
         let inner_pid = inner_pid.expect("invariant: the loop ends with a pid");
         let sandbox =
