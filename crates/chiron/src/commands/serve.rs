@@ -21,6 +21,13 @@ pub async fn run(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
     let auth = setup::auth_service(&config, store.clone())?;
     let agent = std::env::current_exe().context("locating the chiron binary for runner agents")?;
     let agent = vec![agent.display().to_string(), "runner-agent".into()];
+    if demo && std::env::var_os(chiron_egress::keys::MASTER_KEY_ENV).is_none() {
+        // The demo sets up what `chiron init` would: the master key that seals secrets.
+        let key_file = chiron_server::egress::master_key_file(&config);
+        if chiron_egress::Keyring::create_file(&key_file).context("creating the master key")? {
+            tracing::info!(path = %key_file.display(), "created the master key");
+        }
+    }
     if demo {
         // The example stdio server comes from PyPI: install it (once) with visible progress.
         // Without network the demo still runs, without it.

@@ -122,6 +122,7 @@ allowed_networks = ["127.0.0.1/32"]
 extra_ca = "{ca}"
 
 [egress.resolve]
+"api.github.com:80" = "127.0.0.1:{plain}"
 "api.github.com" = "127.0.0.1:{port}"
 "slack.com" = "127.0.0.1:{port}"
 "denied.test" = "127.0.0.1:{port}"
@@ -130,6 +131,7 @@ extra_ca = "{ca}"
             shipped = shipped_tools(),
             pkgs = pkgs.display(),
             ca = ca.display(),
+            plain = upstream.plain_addr.port(),
         ),
     )
     .unwrap();
@@ -295,6 +297,22 @@ fn egress_injects_only_declared_secrets_scrubs_them_and_audits_everything() {
     }
     assert!(upstream.seen_at("/misplaced").is_empty());
     assert!(upstream.seen_at("/bare-placeholder").is_empty());
+
+    // Plain http:// to a declared host is forwarded, but never with a secret.
+    let plain = run(
+        &url,
+        &alice,
+        "net_run",
+        &urllib_get("http://api.github.com/plain-http", "{}"),
+    );
+    assert!(text(&plain).starts_with("200 |"), "{plain}");
+    let seen = upstream.seen_at("/plain-http");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].authorization, None);
+    assert!(seen[0]
+        .headers
+        .iter()
+        .all(|(k, _)| k != "proxy-authorization"));
 
     // A package that does not declare the secret never gets it, even on a host another of
     // the principal's packages declares it for.

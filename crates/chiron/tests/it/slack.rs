@@ -82,6 +82,7 @@ fn user(id: &str) -> Value {
     match id {
         "U_GUEST" => json!({"id": id, "team_id": TEAM, "name": "guest", "is_restricted": true}),
         "U_BOT" => json!({"id": id, "team_id": TEAM, "name": "somebot", "is_bot": true}),
+        "U_GONE" => json!({"id": id, "team_id": TEAM, "name": "gone", "deleted": true}),
         _ => json!({"id": id, "team_id": TEAM, "name": "alice", "real_name": "Alice Slack"}),
     }
 }
@@ -434,7 +435,40 @@ fn slack_issues_tokens_only_in_dms_and_refuses_what_it_must() {
         SIGNING_SECRET,
         None,
     );
-    let posts = fake.wait_posts(6);
+    // So are deactivated users and other workspaces.
+    send(
+        &chiron,
+        "/slack/events",
+        &event("Ev4b", dm("U_GONE", "token")),
+        json_type,
+        now(),
+        SIGNING_SECRET,
+        None,
+    );
+    let mut foreign = dm("U_ALICE", "token");
+    foreign["team"] = json!("T_OTHER");
+    send(
+        &chiron,
+        "/slack/events",
+        &event("Ev4c", foreign),
+        json_type,
+        now(),
+        SIGNING_SECRET,
+        None,
+    );
+    let posts = fake.wait_posts(8);
+    assert!(
+        posts
+            .iter()
+            .any(|(c, t)| c == "D_U_GONE" && t.contains("deactivated")),
+        "{posts:?}"
+    );
+    assert!(
+        posts
+            .iter()
+            .any(|(_, t)| t.contains("workspace is not served")),
+        "{posts:?}"
+    );
     assert!(
         posts
             .iter()
@@ -507,7 +541,7 @@ fn slack_issues_tokens_only_in_dms_and_refuses_what_it_must() {
         SIGNING_SECRET,
         None,
     );
-    let posts = fake.wait_posts(8);
+    let posts = fake.wait_posts(10);
     assert!(
         posts.iter().any(|(_, t)| t.starts_with("Revoked")),
         "{posts:?}"

@@ -20,6 +20,8 @@ pub struct Seen {
 
 pub struct Upstream {
     pub addr: SocketAddr,
+    /// The same server over plain HTTP.
+    pub plain_addr: SocketAddr,
     /// The CA that signed the upstream's certificate (PEM), for chiron's `extra_ca`.
     pub ca_pem: String,
     pub seen: Arc<Mutex<Vec<Seen>>>,
@@ -109,8 +111,35 @@ pub fn start(hosts: &[&str]) -> Upstream {
             });
         }
     });
+    let plain = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let plain_addr = plain.local_addr().unwrap();
+    let plain_log = seen.clone();
+    runtime.spawn(async move {
+        loop {
+            let Ok((stream, _)) = plain.accept().await else {
+                continue;
+            };
+            let log = plain_log.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let log = log.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(answer(request, &log).await)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
     Upstream {
         addr,
+        plain_addr,
         ca_pem: ca.pem(),
         seen,
         _runtime: runtime,
