@@ -57,6 +57,47 @@ pub struct PackageCatalog {
     /// Bumped on every reload or grant change; MCP sessions watch it to send
     /// `notifications/tools/list_changed`.
     changes: watch::Sender<u64>,
+    /// Each principal's granted packages, valid for the change generation they were read in:
+    /// every grant or membership change this server makes or notices bumps the generation.
+    granted: std::sync::Mutex<HashMap<chiron_core::PrincipalId, (u64, Arc<Vec<String>>)>>,
+    /// Writes call audit rows in batches, off the call path.
+    audit: tokio::sync::mpsc::UnboundedSender<AuditMessage>,
+}
+
+enum AuditMessage {
+    Record(Box<ToolCallRecord>),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Writes call audit rows as they come, one transaction per batch, until the catalog is gone.
+fn start_audit_writer(store: Store) -> tokio::sync::mpsc::UnboundedSender<AuditMessage> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<AuditMessage>();
+    tokio::spawn(async move {
+        let mut batch = Vec::new();
+        let mut waiting = Vec::new();
+        while let Some(first) = rx.recv().await {
+            let mut next = Some(first);
+            while let Some(message) = next.take() {
+                match message {
+                    AuditMessage::Record(record) => batch.push(*record),
+                    AuditMessage::Flush(done) => waiting.push(done),
+                }
+                if batch.len() < 512 {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !batch.is_empty() {
+                if let Err(err) = store.record_tool_calls(&batch).await {
+                    tracing::error!(error = %err, rows = batch.len(), "could not record tool calls");
+                }
+                batch.clear();
+            }
+            for done in waiting.drain(..) {
+                let _ = done.send(());
+            }
+        }
+    });
+    tx
 }
 
 fn to_object(value: &Value) -> JsonObject {
@@ -113,10 +154,12 @@ impl PackageCatalog {
     pub fn new(store: Store, runner: Arc<dyn ToolRunner>, report: &LoadReport) -> Self {
         let catalog = Self {
             scrubber: std::sync::OnceLock::new(),
+            audit: start_audit_writer(store.clone()),
             store,
             runner,
             loaded: RwLock::new(Arc::default()),
             changes: watch::channel(0).0,
+            granted: std::sync::Mutex::default(),
         };
         catalog.reload(report);
         catalog
@@ -158,16 +201,50 @@ impl PackageCatalog {
             .clone()
     }
 
-    async fn granted(&self, caller: &Authenticated) -> Result<Vec<String>, CatalogError> {
-        self.store
-            .granted_packages(caller.principal.id)
-            .await
-            .map_err(|err| CatalogError::Unavailable(err.to_string()))
+    /// The caller's granted packages: from the cache while no change was made or noticed
+    /// since they were read (changes made elsewhere are noticed by the access watcher within
+    /// `tools.access_poll_interval`), else from storage.
+    async fn granted(&self, caller: &Authenticated) -> Result<Arc<Vec<String>>, CatalogError> {
+        let principal = caller.principal.id;
+        let generation = *self.changes.borrow();
+        if let Some((seen, packages)) = self
+            .granted
+            .lock()
+            .expect("invariant: grants cache lock")
+            .get(&principal)
+        {
+            if *seen == generation {
+                return Ok(packages.clone());
+            }
+        }
+        let packages = Arc::new(
+            self.store
+                .granted_packages(principal)
+                .await
+                .map_err(|err| CatalogError::Unavailable(err.to_string()))?,
+        );
+        self.granted
+            .lock()
+            .expect("invariant: grants cache lock")
+            .insert(principal, (generation, packages.clone()));
+        Ok(packages)
     }
 
     async fn audit(&self, record: ToolCallRecord) {
-        if let Err(err) = self.store.record_tool_call(&record).await {
-            tracing::error!(error = %err, call_id = %record.call_id, "could not record tool call");
+        if self
+            .audit
+            .send(AuditMessage::Record(Box::new(record)))
+            .is_err()
+        {
+            tracing::error!("the call audit writer is gone; a tool call was not recorded");
+        }
+    }
+
+    /// Waits until every call recorded so far is in storage (shutdown, tests).
+    pub async fn flush_audit(&self) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.audit.send(AuditMessage::Flush(done)).is_ok() {
+            let _ = wait.await;
         }
     }
 }

@@ -334,6 +334,8 @@ async fn add_member(
     let id = group_id(&state, &name).await?;
     let principal: PrincipalId = parse_id(&principal, "principal")?;
     state.store.add_group_member(id, principal).await?;
+    // Group grants now reach (or leave) this principal.
+    state.catalog.notify_changed();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -345,6 +347,7 @@ async fn remove_member(
     let id = group_id(&state, &name).await?;
     let principal: PrincipalId = parse_id(&principal, "principal")?;
     if state.store.remove_group_member(id, principal).await? {
+        state.catalog.notify_changed();
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound("membership"))

@@ -178,6 +178,7 @@ async fn ungranted_and_unknown_tools_look_the_same_and_are_audited() {
     assert!(matches!(hidden, Err(CatalogError::UnknownTool)));
     assert!(matches!(missing, Err(CatalogError::UnknownTool)));
     assert!(f.runner.calls.lock().unwrap().is_empty());
+    f.catalog.flush_audit().await;
     let audited = f
         .store
         .list_tool_calls(&ToolCallFilter {
@@ -209,6 +210,7 @@ async fn invalid_arguments_are_refused_before_anything_runs() {
         .unwrap();
     assert!(text(&missing).contains("text"), "{}", text(&missing));
     assert!(f.runner.calls.lock().unwrap().is_empty());
+    f.catalog.flush_audit().await;
     let audited = f
         .store
         .list_tool_calls(&ToolCallFilter {
@@ -280,6 +282,8 @@ async fn outputs_map_to_mcp_results_and_calls_are_audited() {
     assert_eq!(sent.timeout, std::time::Duration::from_secs(7));
     assert_eq!(sent.arguments, json!({"text": "hi", "count": 1}));
 
+    f.catalog.flush_audit().await;
+
     let audited = f
         .store
         .list_tool_calls(&ToolCallFilter {
@@ -316,6 +320,7 @@ async fn values_of_tools_not_marked_safe_are_not_audited() {
         )
         .await
         .unwrap();
+    f.catalog.flush_audit().await;
     let audited = f
         .store
         .list_tool_calls(&ToolCallFilter {

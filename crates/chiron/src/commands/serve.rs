@@ -165,6 +165,7 @@ pub async fn run(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
     if let Some(watcher) = watcher {
         let _ = watcher.await;
     }
+    tools.catalog.flush_audit().await;
     if let Some(egress) = &egress {
         egress.proxy.flush_audit().await;
     }
