@@ -59,10 +59,13 @@ pub struct PackageCatalog {
     changes: watch::Sender<u64>,
     /// Each principal's granted packages, valid for the change generation they were read in:
     /// every grant or membership change this server makes or notices bumps the generation.
-    granted: std::sync::Mutex<HashMap<chiron_core::PrincipalId, (u64, Arc<Vec<String>>)>>,
+    granted: std::sync::Mutex<HashMap<chiron_core::PrincipalId, GrantedAt>>,
     /// Writes call audit rows in batches, off the call path.
     audit: tokio::sync::mpsc::UnboundedSender<AuditMessage>,
 }
+
+/// Granted packages and the change generation they were read in.
+type GrantedAt = (u64, Arc<Vec<String>>);
 
 enum AuditMessage {
     Record(Box<ToolCallRecord>),
