@@ -129,6 +129,10 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
+            // A SQLite connection is a local file that cannot go away under us: skip the
+            // extra worker round trip of a ping before every use. Network connections
+            // (PostgreSQL) keep it.
+            .test_before_acquire(backend != Backend::Sqlite)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
