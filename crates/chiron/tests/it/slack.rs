@@ -571,6 +571,8 @@ fn slack_issues_tokens_only_in_dms_and_refuses_what_it_must() {
     assert_eq!(code, Some(0));
     let messages = format!("{:?}", fake.state.calls.lock().unwrap());
     assert!(!messages.contains(VALUE) && !logs.contains(VALUE) && !chiron.logs.contains(VALUE));
+    // The issued token went to the DM only: never into a log line, even at trace level.
+    assert!(!logs.contains(&token) && !chiron.logs.contains(&token));
     let (tables, vias) = runtime.block_on(async {
         let store = chiron_store::Store::connect(&chiron_store::ConnectOptions {
             url: format!("sqlite:{}", chiron.data_dir().join("chiron.db").display()),
