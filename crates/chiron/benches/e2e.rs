@@ -265,7 +265,12 @@ fn main() {
                     .unwrap();
                 assert!(response.status().is_success());
             }
-            for (tool, baseline) in [("native_true", p50(&mut host)), ("stdio_ping", p50(&mut stdio_direct))] {
+            // `whoami` runs nothing: its row is the cost of the HTTP/MCP layer alone.
+            for (tool, baseline) in [
+                ("whoami", Duration::ZERO),
+                ("native_true", p50(&mut host)),
+                ("stdio_ping", p50(&mut stdio_direct)),
+            ] {
                 for _ in 0..20 {
                     client.call(tool).await;
                 }
