@@ -23,12 +23,40 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     line("landlock", &host.landlock);
     println!("  {:<18} {:?}", "cgroup version", host.cgroup_version);
     line("cgroup limits", &host.cgroup_limits);
+    line("master key", &check_master_key(&config));
+    let ca_key = chiron_egress::ca::ca_dir(&config.server.data_dir).join("ca.key");
+    line(
+        "egress CA",
+        &Probe {
+            ok: ca_key.exists(),
+            detail: if ca_key.exists() {
+                format!("{} present", ca_key.display())
+            } else {
+                "not created yet (`chiron init` or the first `serve` creates it)".into()
+            },
+        },
+    );
 
     Ok(if storage.ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Whether secrets can be opened: the key is loaded (its id shown), never printed.
+fn check_master_key(config: &Config) -> Probe {
+    let file = chiron_server::egress::master_key_file(config);
+    match chiron_egress::Keyring::load(&file) {
+        Ok(keys) => Probe {
+            ok: true,
+            detail: format!("loaded (key id {})", keys.current_id()),
+        },
+        Err(err) => Probe {
+            ok: false,
+            detail: format!("{err}; egress is refused until it is set"),
+        },
+    }
 }
 
 fn line(name: &str, probe: &Probe) {

@@ -95,6 +95,8 @@ fn doctor_reports_config_and_host() {
         "landlock",
         "cgroup version",
         "cgroup limits",
+        "master key",
+        "egress CA",
     ] {
         assert!(stdout.contains(check), "{check}: {stdout}");
     }
@@ -105,6 +107,11 @@ fn doctor_reports_config_and_host() {
     chiron.ok(&["init"]);
     let stdout = chiron.ok(&["doctor"]);
     assert!(stdout.contains("reachable"), "{stdout}");
+    // After init the master key and the egress CA exist; the key itself is never shown.
+    assert!(stdout.contains("loaded (key id"), "{stdout}");
+    assert!(stdout.contains("ca.key present"), "{stdout}");
+    let key = std::fs::read_to_string(chiron.data_dir().join("master.key")).unwrap();
+    assert!(!stdout.contains(key.trim()), "{stdout}");
 }
 
 #[test]
