@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use chiron_core::time_util::now;
 use chiron_runner::egress::{EgressHook, ProcessIdentity, RunnerEgress};
+use chiron_store::batch::BatchWriter;
 use chiron_store::secrets::EgressRecord;
 use chiron_store::Store;
 use chiron_tools::{EgressHost, Injection};
@@ -236,63 +237,10 @@ impl tower_service::Service<Uri> for Dialer {
 /// What each package may reach, from the loaded manifests.
 pub type PackageHosts = HashMap<String, Vec<EgressHost>>;
 
-/// Writes egress audit rows in batches (one transaction per batch) off the request path.
-#[derive(Clone)]
-struct AuditWriter {
-    tx: tokio::sync::mpsc::UnboundedSender<AuditMessage>,
-}
-
-enum AuditMessage {
-    Record(Box<EgressRecord>),
-    Flush(tokio::sync::oneshot::Sender<()>),
-}
-
-impl AuditWriter {
-    fn start(store: Store) -> Self {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<AuditMessage>();
-        tokio::spawn(async move {
-            let mut batch = Vec::new();
-            let mut waiting = Vec::new();
-            while let Some(first) = rx.recv().await {
-                let mut next = Some(first);
-                while let Some(message) = next.take() {
-                    match message {
-                        AuditMessage::Record(record) => batch.push(*record),
-                        AuditMessage::Flush(done) => waiting.push(done),
-                    }
-                    if batch.len() < 512 {
-                        next = rx.try_recv().ok();
-                    }
-                }
-                if !batch.is_empty() {
-                    if let Err(err) = store.record_egress_batch(&batch).await {
-                        tracing::error!(error = %err, rows = batch.len(), "could not record egress requests");
-                    }
-                    batch.clear();
-                }
-                for done in waiting.drain(..) {
-                    let _ = done.send(());
-                }
-            }
-        });
-        Self { tx }
-    }
-
-    fn write(&self, record: EgressRecord) {
-        let _ = self.tx.send(AuditMessage::Record(Box::new(record)));
-    }
-
-    async fn flush(&self) {
-        let (done, wait) = tokio::sync::oneshot::channel();
-        if self.tx.send(AuditMessage::Flush(done)).is_ok() {
-            let _ = wait.await;
-        }
-    }
-}
-
 struct Inner {
     store: Store,
-    audit: AuditWriter,
+    /// Egress audit rows, written in batches off the request path.
+    audit: BatchWriter<EgressRecord>,
     secrets: Arc<Secrets>,
     ca: Arc<CertificateAuthority>,
     packages: RwLock<Arc<PackageHosts>>,
@@ -343,7 +291,13 @@ impl EgressProxy {
         let client = Client::builder(TokioExecutor::new()).build(connector);
         Ok(Self {
             inner: Arc::new(Inner {
-                audit: AuditWriter::start(store.clone()),
+                audit: {
+                    let store = store.clone();
+                    BatchWriter::start("egress requests", move |rows| {
+                        let store = store.clone();
+                        async move { store.record_egress_batch(&rows).await }
+                    })
+                },
                 store,
                 secrets,
                 ca,
@@ -541,14 +495,14 @@ fn placeholders(text: &str) -> Vec<String> {
 
 /// An audit row in the making.
 struct Audit {
-    writer: AuditWriter,
+    writer: BatchWriter<EgressRecord>,
     record: EgressRecord,
     started: Instant,
 }
 
 impl Audit {
     fn new(
-        writer: &AuditWriter,
+        writer: &BatchWriter<EgressRecord>,
         caller: Option<&Caller>,
         runner: &RunnerEgress,
         method: &Method,
@@ -584,7 +538,7 @@ impl Audit {
         self.record.status = i64::from(status.as_u16());
         self.record.outcome = outcome.to_owned();
         self.record.duration_ms = self.started.elapsed().as_millis() as i64;
-        self.writer.write(self.record);
+        let _ = self.writer.write(self.record);
     }
 }
 

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use chiron_auth::Authenticated;
 use chiron_core::time_util::now;
 use chiron_runner::{CommandCall, CommandOutcome, RunnerError, StdioCall, ToolRunner};
+use chiron_store::batch::BatchWriter;
 use chiron_store::tool_calls::ToolCallRecord;
 use chiron_store::Store;
 use chiron_tools::{LoadReport, PackageKind, ToolDecl, ToolPackage};
@@ -61,47 +62,11 @@ pub struct PackageCatalog {
     /// every grant or membership change this server makes or notices bumps the generation.
     granted: std::sync::Mutex<HashMap<chiron_core::PrincipalId, GrantedAt>>,
     /// Writes call audit rows in batches, off the call path.
-    audit: tokio::sync::mpsc::UnboundedSender<AuditMessage>,
+    audit: BatchWriter<ToolCallRecord>,
 }
 
 /// Granted packages and the change generation they were read in.
 type GrantedAt = (u64, Arc<Vec<String>>);
-
-enum AuditMessage {
-    Record(Box<ToolCallRecord>),
-    Flush(tokio::sync::oneshot::Sender<()>),
-}
-
-/// Writes call audit rows as they come, one transaction per batch, until the catalog is gone.
-fn start_audit_writer(store: Store) -> tokio::sync::mpsc::UnboundedSender<AuditMessage> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<AuditMessage>();
-    tokio::spawn(async move {
-        let mut batch = Vec::new();
-        let mut waiting = Vec::new();
-        while let Some(first) = rx.recv().await {
-            let mut next = Some(first);
-            while let Some(message) = next.take() {
-                match message {
-                    AuditMessage::Record(record) => batch.push(*record),
-                    AuditMessage::Flush(done) => waiting.push(done),
-                }
-                if batch.len() < 512 {
-                    next = rx.try_recv().ok();
-                }
-            }
-            if !batch.is_empty() {
-                if let Err(err) = store.record_tool_calls(&batch).await {
-                    tracing::error!(error = %err, rows = batch.len(), "could not record tool calls");
-                }
-                batch.clear();
-            }
-            for done in waiting.drain(..) {
-                let _ = done.send(());
-            }
-        }
-    });
-    tx
-}
 
 fn to_object(value: &Value) -> JsonObject {
     match value {
@@ -157,7 +122,13 @@ impl PackageCatalog {
     pub fn new(store: Store, runner: Arc<dyn ToolRunner>, report: &LoadReport) -> Self {
         let catalog = Self {
             scrubber: std::sync::OnceLock::new(),
-            audit: start_audit_writer(store.clone()),
+            audit: {
+                let store = store.clone();
+                BatchWriter::start("tool calls", move |rows| {
+                    let store = store.clone();
+                    async move { store.record_tool_calls(&rows).await }
+                })
+            },
             store,
             runner,
             loaded: RwLock::new(Arc::default()),
@@ -234,21 +205,14 @@ impl PackageCatalog {
     }
 
     async fn audit(&self, record: ToolCallRecord) {
-        if self
-            .audit
-            .send(AuditMessage::Record(Box::new(record)))
-            .is_err()
-        {
+        if !self.audit.write(record) {
             tracing::error!("the call audit writer is gone; a tool call was not recorded");
         }
     }
 
     /// Waits until every call recorded so far is in storage (shutdown, tests).
     pub async fn flush_audit(&self) {
-        let (done, wait) = tokio::sync::oneshot::channel();
-        if self.audit.send(AuditMessage::Flush(done)).is_ok() {
-            let _ = wait.await;
-        }
+        self.audit.flush().await;
     }
 }
 

@@ -609,10 +609,7 @@ impl LocalRunner {
         StdioServer::connect(pid, fds, label, credential).await
     }
 
-    async fn request(&self, mut request: Request) -> Result<Response, RunnerError> {
-        if request.id == 0 && request.run.is_some() {
-            request.id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        }
+    async fn request(&self, request: Request) -> Result<Response, RunnerError> {
         let (tx, rx) = oneshot::channel();
         self.waiters
             .lock()

@@ -54,7 +54,7 @@ pub fn egress(config: &Config, store: Store) -> Result<Egress, String> {
     if let Some(path) = &config.egress.extra_ca {
         let pem =
             std::fs::read(path).map_err(|e| format!("egress.extra_ca {}: {e}", path.display()))?;
-        for cert in rustls_pemfile_certs(&pem) {
+        for cert in pem_certs(&pem) {
             settings.extra_ca.push(cert);
         }
     }
@@ -68,7 +68,7 @@ pub fn egress(config: &Config, store: Store) -> Result<Egress, String> {
 }
 
 /// The certificates in a PEM file.
-fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+fn pem_certs(pem: &[u8]) -> Vec<rustls_pki_types::CertificateDer<'static>> {
     use rustls_pki_types::pem::PemObject;
     rustls_pki_types::CertificateDer::pem_slice_iter(pem)
         .filter_map(Result::ok)

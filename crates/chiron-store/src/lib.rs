@@ -11,6 +11,7 @@
 //! already hashed.
 
 pub mod audit;
+pub mod batch;
 pub mod grants;
 pub mod groups;
 pub mod principals;
