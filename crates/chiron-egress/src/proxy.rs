@@ -48,6 +48,10 @@ use crate::secrets::{Secrets, Values};
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
+/// Response bodies up to this size with a declared length are scrubbed whole and sent with
+/// their new length; longer or open-ended ones stream through the scrubber.
+const WHOLE_BODY_LIMIT: usize = 256 * 1024;
+
 /// Dial policy and upstream trust.
 #[derive(Debug, Clone, Default)]
 pub struct EgressSettings {
@@ -847,6 +851,7 @@ impl EgressProxy {
         };
         parts.version = http::Version::HTTP_11;
         parts.headers.remove(http::header::HOST);
+        let is_head = parts.method == Method::HEAD;
         let counted = Counted::new(body.boxed());
         let sent = counted.bytes.clone();
         let request = Request::from_parts(parts, counted.boxed());
@@ -882,9 +887,44 @@ impl EgressProxy {
                 }
             }
         }
-        // Lengths change when values are replaced: let the body be delimited anew.
-        parts.headers.remove(http::header::CONTENT_LENGTH);
         audit.record.status = i64::from(parts.status.as_u16());
+        // Lengths change when values are replaced: the body is delimited anew. A small body of
+        // known length is read whole, scrubbed and sent with its new length in one piece (one
+        // write to the tool instead of a chunked stream); anything else streams.
+        let whole = parts
+            .headers
+            .remove(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+            .filter(|len| *len <= WHOLE_BODY_LIMIT)
+            .is_some()
+            && !is_head
+            && !matches!(parts.status.as_u16(), 100..=199 | 204 | 304);
+        if whole {
+            let received = match body.collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(err) => {
+                    audit.record.bytes_out = sent.load(std::sync::atomic::Ordering::Relaxed) as i64;
+                    let details = format!("{host}: {}", error_chain(&err));
+                    audit.finish(StatusCode::BAD_GATEWAY, "upstream_error");
+                    return refusal(StatusCode::BAD_GATEWAY, "destination_unavailable", &details);
+                }
+            };
+            let clean = if !patterns.is_empty() && patterns.found_in(&received) {
+                Bytes::from(patterns.scrub(&received))
+            } else {
+                received.clone()
+            };
+            audit.record.bytes_in = received.len() as i64;
+            audit.record.bytes_out = sent.load(std::sync::atomic::Ordering::Relaxed) as i64;
+            audit.finish(parts.status, "ok");
+            parts
+                .headers
+                .insert(http::header::CONTENT_LENGTH, HeaderValue::from(clean.len()));
+            return Response::from_parts(
+                parts,
+                Full::new(clean).map_err(|never| match never {}).boxed(),
+            );
+        }
         let body = Scrubbed {
             inner: body,
             scrubber: StreamScrubber::new((*patterns).clone()),

@@ -52,6 +52,63 @@ struct Opened {
     fingerprint: Vec<u8>,
     values: Arc<Values>,
     patterns: Arc<crate::scrub::Patterns>,
+    /// What [`Freshness`] said when the rows were read; the entry serves requests without a
+    /// storage read for as long as it still says the same.
+    seen: Option<Seen>,
+}
+
+/// A point in the history of secret changes, as far as this process can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    generation: u64,
+    /// The marker file's inode and length: writers only ever append to it, so its length
+    /// grows with every change (one `stat` per request tells).
+    marker: (u64, u64),
+}
+
+/// How cached values learn that storage changed, without reading storage on every request:
+///
+/// - a generation counter, bumped by this process's own changes and by change notifications
+///   from other replicas (PostgreSQL `LISTEN`, see [`Secrets::changed_elsewhere`]);
+/// - a marker file on this host that every writer (the server, the admin API, the CLI)
+///   appends a byte to after its change is committed, and whose length is checked (one
+///   `stat`) before cached values are used. So a change made by any process on the host
+///   applies to the very next request.
+///
+/// Without a marker file, storage is read on every request (the safe default).
+struct Freshness {
+    generation: std::sync::atomic::AtomicU64,
+    marker: Option<PathBuf>,
+}
+
+impl Freshness {
+    fn now(&self) -> Option<Seen> {
+        let marker = self.marker.as_ref()?;
+        let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
+        // A missing marker (nothing changed since the data directory was made) reads as empty.
+        let marker = std::fs::metadata(marker).map_or((0, 0), |m| {
+            use std::os::unix::fs::MetadataExt;
+            (m.ino(), m.len())
+        });
+        Some(Seen { generation, marker })
+    }
+
+    /// Records a change committed by this process.
+    fn bump(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let Some(marker) = &self.marker else { return };
+        // One byte per change, appended atomically whoever writes: the length only grows.
+        let written = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(marker)
+            .and_then(|mut file| std::io::Write::write_all(&mut file, b"."));
+        if let Err(err) = written {
+            // Other processes on this host would keep using cached values: say so loudly.
+            tracing::error!(marker = %marker.display(), error = %err, "could not announce a secret change to other processes");
+        }
+    }
 }
 
 /// Sealed secrets over storage.
@@ -60,6 +117,7 @@ pub struct Secrets {
     key_file: PathBuf,
     keys: RwLock<Result<Arc<Keyring>, KeyError>>,
     opened: std::sync::Mutex<HashMap<PrincipalId, Opened>>,
+    freshness: Freshness,
 }
 
 impl Secrets {
@@ -75,7 +133,28 @@ impl Secrets {
             key_file,
             keys: RwLock::new(keys),
             opened: std::sync::Mutex::default(),
+            freshness: Freshness {
+                generation: Default::default(),
+                marker: None,
+            },
         }
+    }
+
+    /// Keeps opened values in memory between requests, checking `marker` (a file in the data
+    /// directory every writer on this host appends to after a change) before each use, instead
+    /// of reading storage on every request. Replicas on other hosts must also call
+    /// [`Secrets::changed_elsewhere`] on each change notification.
+    pub fn with_change_marker(mut self, marker: PathBuf) -> Self {
+        self.freshness.marker = Some(marker);
+        self
+    }
+
+    /// Forgets what is cached: storage changed in a way this process did not make (a change
+    /// notification from another replica, or a lost notification connection).
+    pub fn changed_elsewhere(&self) {
+        self.freshness
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// A secret store with a given keyring (tests, tools).
@@ -85,6 +164,10 @@ impl Secrets {
             key_file: PathBuf::new(),
             keys: RwLock::new(Ok(Arc::new(keyring))),
             opened: std::sync::Mutex::default(),
+            freshness: Freshness {
+                generation: Default::default(),
+                marker: None,
+            },
         }
     }
 
@@ -117,6 +200,7 @@ impl Secrets {
         }
         let sealed = self.keyring()?.seal(name, owner, value.as_bytes());
         self.store.put_secret(&sealed).await?;
+        self.freshness.bump();
         self.audit(actor, "secret.set", name, owner).await;
         Ok(())
     }
@@ -130,6 +214,7 @@ impl Secrets {
     ) -> Result<bool, SecretError> {
         let removed = self.store.delete_secret(name, owner).await?;
         if removed {
+            self.freshness.bump();
             self.audit(actor, "secret.delete", name, owner).await;
         }
         Ok(removed)
@@ -162,13 +247,28 @@ impl Secrets {
         Ok((*self.current(principal).await?.0).clone())
     }
 
-    /// The principal's values and the scrubbing patterns for them, read from storage on every
-    /// call (so changes made anywhere apply at once) but opened only when they changed.
+    /// The principal's values and the scrubbing patterns for them: read from storage unless
+    /// nothing changed since the last read (see [`Secrets::with_change_marker`]), and opened
+    /// only when the sealed rows changed.
     pub async fn current(
         &self,
         principal: PrincipalId,
     ) -> Result<(Arc<Values>, Arc<crate::scrub::Patterns>), SecretError> {
         let keys = self.keyring()?;
+        // Taken before reading storage: a change committed after this point moves it on, so
+        // the next request reads again.
+        let seen = self.freshness.now();
+        if let Some(seen) = &seen {
+            if let Some(opened) = self
+                .opened
+                .lock()
+                .expect("invariant: opened-values lock")
+                .get(&principal)
+                .filter(|o| o.seen == Some(*seen))
+            {
+                return Ok((opened.values.clone(), opened.patterns.clone()));
+            }
+        }
         let sealed = self.store.secrets_for(principal).await?;
         let mut fingerprint = keys.current_id().as_bytes().to_vec();
         for secret in &sealed {
@@ -180,9 +280,10 @@ impl Secrets {
             .opened
             .lock()
             .expect("invariant: opened-values lock")
-            .get(&principal)
+            .get_mut(&principal)
             .filter(|o| o.fingerprint == fingerprint)
         {
+            opened.seen = seen;
             return Ok((opened.values.clone(), opened.patterns.clone()));
         }
         let values = Arc::new(Self::open_all(&keys, &sealed)?);
@@ -198,6 +299,7 @@ impl Secrets {
                     fingerprint,
                     values: values.clone(),
                     patterns: patterns.clone(),
+                    seen,
                 },
             );
         Ok((values, patterns))
@@ -262,6 +364,7 @@ impl Secrets {
             .lock()
             .expect("invariant: opened-values lock")
             .clear();
+        self.freshness.bump();
         Ok((count.load(std::sync::atomic::Ordering::SeqCst), id))
     }
 }

@@ -78,6 +78,109 @@ async fn a_principals_own_value_wins_over_the_teams_and_rotation_keeps_values() 
     );
 }
 
+/// The value of `TOKEN` that applies to `principal` now.
+async fn value(secrets: &Secrets, principal: PrincipalId) -> Option<String> {
+    let (values, _) = secrets.current(principal).await.unwrap();
+    values.get("TOKEN").map(|v| v.as_str().to_owned())
+}
+
+/// The proxy keeps opened values between requests; a change made by another process on the
+/// host (here: a second secret store over the same database and marker, as the CLI has) still
+/// applies to the very next read, and nothing is read from storage while nothing changed.
+#[tokio::test]
+async fn cached_values_follow_changes_made_by_other_processes() {
+    let (db, _guard) = store(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("secrets.changed");
+    let key = || Keyring::single(MasterKey::from_bytes(&[5; 32]));
+    let server = Secrets::with_keyring(db.clone(), key()).with_change_marker(marker.clone());
+    let cli = Secrets::with_keyring(db.clone(), key()).with_change_marker(marker.clone());
+    let alice = PrincipalId::new();
+    assert_eq!(value(&server, alice).await, None);
+    cli.set(
+        "TOKEN",
+        SecretOwner::Principal(alice),
+        "first",
+        Actor::cli(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(value(&server, alice).await.as_deref(), Some("first"));
+    cli.set("TOKEN", SecretOwner::Team, "team", Actor::cli())
+        .await
+        .unwrap();
+    cli.set(
+        "TOKEN",
+        SecretOwner::Principal(alice),
+        "second",
+        Actor::cli(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(value(&server, alice).await.as_deref(), Some("second"));
+    cli.delete("TOKEN", SecretOwner::Principal(alice), Actor::cli())
+        .await
+        .unwrap();
+    assert_eq!(value(&server, alice).await.as_deref(), Some("team"));
+
+    // A write that announces nothing (straight into storage) is not read: the cached values
+    // serve requests without a storage read until a change is announced.
+    let sealed = key().seal("TOKEN", SecretOwner::Principal(alice), b"unannounced");
+    db.put_secret(&sealed).await.unwrap();
+    assert_eq!(value(&server, alice).await.as_deref(), Some("team"));
+    server.changed_elsewhere();
+    assert_eq!(value(&server, alice).await.as_deref(), Some("unannounced"));
+    // Without a marker every read goes to storage.
+    let uncached = Secrets::with_keyring(db.clone(), key());
+    assert_eq!(
+        value(&uncached, alice).await.as_deref(),
+        Some("unannounced")
+    );
+}
+
+/// On PostgreSQL every change is announced to other replicas (other hosts, other markers),
+/// which drop their cached values on the notification.
+#[tokio::test]
+async fn secret_changes_are_announced_to_other_replicas() {
+    if chiron_store::testing::postgres_skipped() {
+        return;
+    }
+    let (guard, url) = chiron_store::testing::TestDb::create(Backend::Postgres).await;
+    let db = chiron_store::Store::open(&chiron_store::ConnectOptions {
+        url: url.clone(),
+        max_connections: 2,
+        acquire_timeout: std::time::Duration::from_secs(10),
+    })
+    .await
+    .unwrap();
+    let mut changes = chiron_store::secrets::SecretChanges::listen(&url)
+        .await
+        .unwrap();
+    let (here, there) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let key = || Keyring::single(MasterKey::from_bytes(&[6; 32]));
+    let writer = Secrets::with_keyring(db.clone(), key())
+        .with_change_marker(here.path().join("secrets.changed"));
+    let replica = Secrets::with_keyring(db.clone(), key())
+        .with_change_marker(there.path().join("secrets.changed"));
+    let alice = PrincipalId::new();
+    writer
+        .set("TOKEN", SecretOwner::Principal(alice), "old", Actor::cli())
+        .await
+        .unwrap();
+    assert!(changes.next().await.unwrap(), "the set was announced");
+    assert_eq!(value(&replica, alice).await.as_deref(), Some("old"));
+    writer
+        .set("TOKEN", SecretOwner::Principal(alice), "new", Actor::cli())
+        .await
+        .unwrap();
+    assert!(changes.next().await.unwrap(), "the change was announced");
+    replica.changed_elsewhere();
+    assert_eq!(value(&replica, alice).await.as_deref(), Some("new"));
+    drop(changes);
+    db.close().await;
+    drop(guard);
+}
+
 async fn connect_request(addr: std::net::SocketAddr, credential: &str) -> String {
     use base64::Engine;
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -19,9 +19,72 @@ pub fn master_key_file(config: &Config) -> PathBuf {
         .unwrap_or_else(|| config.server.data_dir.join("master.key"))
 }
 
+/// The file every process on this host rewrites after changing a secret (see
+/// [`Secrets::with_change_marker`]).
+pub fn secrets_marker(config: &Config) -> PathBuf {
+    std::fs::canonicalize(&config.server.data_dir)
+        .unwrap_or_else(|_| config.server.data_dir.clone())
+        .join("secrets.changed")
+}
+
 /// The secret store for `config`.
 pub fn secrets(config: &Config, store: Store) -> Arc<Secrets> {
-    Arc::new(Secrets::new(store, master_key_file(config)))
+    Arc::new(
+        Secrets::new(store, master_key_file(config)).with_change_marker(secrets_marker(config)),
+    )
+}
+
+/// On PostgreSQL, follows change notifications from other replicas until `stop`, so values
+/// kept in memory are dropped when another host changes one. (On SQLite every writer shares
+/// this host and its marker file.)
+pub fn follow_secret_changes(
+    config: &Config,
+    secrets: Arc<Secrets>,
+    stop: tokio_util::sync::CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if chiron_store::Backend::from_url(&config.database.url).ok()?
+        != chiron_store::Backend::Postgres
+    {
+        return None;
+    }
+    let url = config.database.url.clone();
+    Some(tokio::spawn(async move {
+        let mut backoff = std::time::Duration::from_millis(100);
+        loop {
+            let listened = tokio::select! {
+                listened = chiron_store::secrets::SecretChanges::listen(&url) => listened,
+                () = stop.cancelled() => return,
+            };
+            let mut changes = match listened {
+                Ok(changes) => changes,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot listen for secret changes; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = stop.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+                    continue;
+                }
+            };
+            backoff = std::time::Duration::from_millis(100);
+            // Whatever happened before listening is unknown.
+            secrets.changed_elsewhere();
+            loop {
+                let next = tokio::select! {
+                    next = changes.next() => next,
+                    () = stop.cancelled() => return,
+                };
+                // A notification, a lost connection (changes may have been missed) or an
+                // error: in every case the cached values may be stale.
+                secrets.changed_elsewhere();
+                if let Err(err) = next {
+                    tracing::warn!(error = %err, "secret change notifications interrupted");
+                    break;
+                }
+            }
+        }
+    }))
 }
 
 /// The egress proxy and what runners need from it.

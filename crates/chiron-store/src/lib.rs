@@ -188,10 +188,62 @@ impl Store {
     }
 }
 
+/// Rows per multi-row `INSERT`: well under both SQLite's (32766) and PostgreSQL's (65535)
+/// bound on parameters per statement for the widest audit table.
+pub(crate) const INSERT_CHUNK: usize = 128;
+
+/// `{head} VALUES (…), (…)` with `columns` parameters for each of `rows` rows, so a batch of
+/// audit rows costs one statement (one round trip to the database) instead of one per row.
+/// SQLite gets anonymous `?` parameters: binding a numbered one makes SQLite search every
+/// parameter name, which grows with the square of the row count.
+pub(crate) fn multi_row_insert(
+    backend: Backend,
+    head: &str,
+    columns: usize,
+    rows: usize,
+) -> String {
+    use std::fmt::Write;
+    let mut sql = String::with_capacity(head.len() + rows * columns * 5);
+    sql.push_str(head);
+    sql.push_str(" VALUES ");
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..columns {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            match backend {
+                Backend::Sqlite => sql.push('?'),
+                Backend::Postgres => {
+                    let _ = write!(sql, "${}", row * columns + column + 1);
+                }
+            }
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 /// Maps a unique-constraint violation to [`StoreError::Conflict`].
 pub(crate) fn conflict_or(err: sqlx::Error, what: &'static str) -> StoreError {
     match &err {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(what),
         _ => StoreError::Database(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn multi_row_inserts_number_every_parameter() {
+        use super::{multi_row_insert, Backend};
+        assert_eq!(
+            multi_row_insert(Backend::Postgres, "INSERT INTO t (a, b)", 2, 3),
+            "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4), ($5, $6)"
+        );
+        assert_eq!(
+            multi_row_insert(Backend::Sqlite, "INSERT INTO t (a, b)", 2, 2),
+            "INSERT INTO t (a, b) VALUES (?, ?), (?, ?)"
+        );
     }
 }

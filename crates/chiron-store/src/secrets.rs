@@ -128,7 +128,42 @@ fn sealed_row(row: &sqlx::any::AnyRow) -> Result<SealedSecret, StoreError> {
     })
 }
 
+/// The PostgreSQL channel on which every change to the `secrets` table is announced, so that
+/// replicas drop the values they keep in memory.
+pub const SECRETS_CHANNEL: &str = "chiron_secrets";
+
+/// Change notifications for the `secrets` table from every replica (PostgreSQL only).
+pub struct SecretChanges {
+    listener: sqlx::postgres::PgListener,
+}
+
+impl SecretChanges {
+    /// Listens on [`SECRETS_CHANNEL`] of the PostgreSQL database at `url`.
+    pub async fn listen(url: &str) -> Result<Self, StoreError> {
+        let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+        listener.listen(SECRETS_CHANNEL).await?;
+        Ok(Self { listener })
+    }
+
+    /// Waits for the next change. `Ok(false)` means the connection was lost (and is being
+    /// re-established): changes in between are unknown, so callers must assume one.
+    pub async fn next(&mut self) -> Result<bool, StoreError> {
+        Ok(self.listener.try_recv().await?.is_some())
+    }
+}
+
 impl Store {
+    /// Tells other replicas that `secrets` changed (PostgreSQL `NOTIFY`; on SQLite every
+    /// process shares the host, and the secret store's marker file does this).
+    async fn announce_secret_change(&self) -> Result<(), StoreError> {
+        if self.backend() == crate::Backend::Postgres {
+            sqlx::query(&format!("NOTIFY {SECRETS_CHANNEL}"))
+                .execute(self.pool())
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Stores (or replaces) a sealed value.
     pub async fn put_secret(&self, secret: &SealedSecret) -> Result<(), StoreError> {
         let (kind, id) = secret.owner.columns();
@@ -151,7 +186,7 @@ impl Store {
         .bind(at)
         .execute(self.pool())
         .await?;
-        Ok(())
+        self.announce_secret_change().await
     }
 
     /// Deletes a value; returns whether it existed.
@@ -165,6 +200,9 @@ impl Store {
         .bind(id)
         .execute(self.pool())
         .await?;
+        if done.rows_affected() > 0 {
+            self.announce_secret_change().await?;
+        }
         Ok(done.rows_affected() > 0)
     }
 
@@ -210,7 +248,7 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        self.announce_secret_change().await
     }
 
     /// Names, owners and update times; optionally only one principal's (and the team's).
@@ -244,33 +282,39 @@ impl Store {
         self.record_egress_batch(std::slice::from_ref(record)).await
     }
 
-    /// Appends egress audit rows in one transaction.
+    /// Appends egress audit rows: one statement per [`crate::INSERT_CHUNK`] rows, all in one
+    /// transaction.
     pub async fn record_egress_batch(&self, records: &[EgressRecord]) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
-        for record in records {
-            sqlx::query(
+        for chunk in records.chunks(crate::INSERT_CHUNK) {
+            let sql = crate::multi_row_insert(
+                self.backend(),
                 "INSERT INTO egress_requests (id, at, principal_id, runner_id, package, call_id,
                      method, host, path, status, bytes_in, bytes_out, duration_ms, injected,
-                     outcome)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-            )
-            .bind(uuid::Uuid::now_v7().to_string())
-            .bind(to_millis(record.at))
-            .bind(record.principal_id.to_string())
-            .bind(record.runner_id.clone())
-            .bind(record.package.clone())
-            .bind(record.call_id.clone())
-            .bind(record.method.clone())
-            .bind(record.host.clone())
-            .bind(record.path.clone())
-            .bind(record.status)
-            .bind(record.bytes_in)
-            .bind(record.bytes_out)
-            .bind(record.duration_ms)
-            .bind(record.injected.join(","))
-            .bind(record.outcome.clone())
-            .execute(&mut *tx)
-            .await?;
+                     outcome)",
+                15,
+                chunk.len(),
+            );
+            let mut query = sqlx::query(&sql);
+            for record in chunk {
+                query = query
+                    .bind(uuid::Uuid::now_v7().to_string())
+                    .bind(to_millis(record.at))
+                    .bind(record.principal_id.to_string())
+                    .bind(record.runner_id.clone())
+                    .bind(record.package.clone())
+                    .bind(record.call_id.clone())
+                    .bind(record.method.clone())
+                    .bind(record.host.clone())
+                    .bind(record.path.clone())
+                    .bind(record.status)
+                    .bind(record.bytes_in)
+                    .bind(record.bytes_out)
+                    .bind(record.duration_ms)
+                    .bind(record.injected.join(","))
+                    .bind(record.outcome.clone());
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -401,6 +445,9 @@ impl Store {
         .bind(id.to_owned())
         .execute(self.pool())
         .await?;
+        if done.rows_affected() > 0 {
+            self.announce_secret_change().await?;
+        }
         Ok(done.rows_affected() > 0)
     }
 }

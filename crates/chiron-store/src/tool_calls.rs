@@ -65,27 +65,32 @@ impl Store {
     /// Appends call audit rows in one transaction.
     pub async fn record_tool_calls(&self, calls: &[ToolCallRecord]) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
-        for call in calls {
-            sqlx::query(
+        for chunk in calls.chunks(crate::INSERT_CHUNK) {
+            let sql = crate::multi_row_insert(
+                self.backend(),
                 "INSERT INTO tool_calls (id, at, principal_id, token_id, tool, package, arg_keys,
-                     arg_bytes, arg_values, outcome, duration_ms, runner_id, call_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            )
-            .bind(uuid::Uuid::now_v7().to_string())
-            .bind(to_millis(call.at))
-            .bind(call.principal_id.to_string())
-            .bind(call.token_id.to_string())
-            .bind(call.tool.clone())
-            .bind(call.package.clone())
-            .bind(serde_json::to_string(&call.arg_keys).unwrap_or_else(|_| "[]".into()))
-            .bind(call.arg_bytes)
-            .bind(call.arg_values.clone())
-            .bind(call.outcome.clone())
-            .bind(call.duration_ms)
-            .bind(call.runner_id.clone())
-            .bind(call.call_id.clone())
-            .execute(&mut *tx)
-            .await?;
+                     arg_bytes, arg_values, outcome, duration_ms, runner_id, call_id)",
+                13,
+                chunk.len(),
+            );
+            let mut query = sqlx::query(&sql);
+            for call in chunk {
+                query = query
+                    .bind(uuid::Uuid::now_v7().to_string())
+                    .bind(to_millis(call.at))
+                    .bind(call.principal_id.to_string())
+                    .bind(call.token_id.to_string())
+                    .bind(call.tool.clone())
+                    .bind(call.package.clone())
+                    .bind(serde_json::to_string(&call.arg_keys).unwrap_or_else(|_| "[]".into()))
+                    .bind(call.arg_bytes)
+                    .bind(call.arg_values.clone())
+                    .bind(call.outcome.clone())
+                    .bind(call.duration_ms)
+                    .bind(call.runner_id.clone())
+                    .bind(call.call_id.clone());
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

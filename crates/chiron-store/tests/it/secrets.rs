@@ -112,6 +112,16 @@ backend_tests!(
                 .collect::<Vec<_>>()
         );
         assert_eq!(linked[0].injected, ["GITHUB_TOKEN"]);
+
+        // A batch larger than one multi-row statement lands whole, every row intact.
+        let batch: Vec<EgressRecord> = (0..600)
+            .map(|i| record(Some(&format!("batch-{i}")), "ok"))
+            .collect();
+        store.record_egress_batch(&batch).await.unwrap();
+        assert_eq!(store.egress_requests(None, 1000).await.unwrap().len(), 602);
+        let last = store.egress_requests(Some("batch-599"), 10).await.unwrap();
+        assert_eq!(last.len(), 1);
+        assert_eq!((last[0].package.as_str(), last[0].bytes_in), ("github", 42));
     }
 );
 

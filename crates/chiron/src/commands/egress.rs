@@ -52,6 +52,12 @@ pub async fn run(config: Config, command: EgressCommand) -> anyhow::Result<ExitC
             egress
                 .proxy
                 .set_packages(package_hosts(report.packages.values()));
+            let stop = tokio_util::sync::CancellationToken::new();
+            let secret_changes = chiron_server::egress::follow_secret_changes(
+                &config,
+                egress.secrets.clone(),
+                stop.clone(),
+            );
             let shutdown = serve::shutdown_signal().context("installing signal handlers")?;
             let listener = tokio::net::TcpListener::bind(config.egress.listen)
                 .await
@@ -67,6 +73,10 @@ pub async fn run(config: Config, command: EgressCommand) -> anyhow::Result<ExitC
                     }
                     () = &mut shutdown => break,
                 }
+            }
+            stop.cancel();
+            if let Some(task) = secret_changes {
+                let _ = task.await;
             }
             egress.proxy.flush_audit().await;
             tracing::info!("stopped");

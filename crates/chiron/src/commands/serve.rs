@@ -114,6 +114,14 @@ pub async fn run(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
         None
     };
     let flusher = auth.spawn_usage_flusher(Duration::from_secs(5), background.clone());
+    // Secret values stay in memory between egress requests; other replicas' changes drop them.
+    let secret_changes = egress.as_ref().and_then(|egress| {
+        chiron_server::egress::follow_secret_changes(
+            &config,
+            egress.secrets.clone(),
+            background.clone(),
+        )
+    });
     let grace = config.server.shutdown_grace;
     let mut slack_socket = None;
     let mut slack_routes = None;
@@ -164,6 +172,9 @@ pub async fn run(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
     }
     if let Some(watcher) = watcher {
         let _ = watcher.await;
+    }
+    if let Some(task) = secret_changes {
+        let _ = task.await;
     }
     tools.catalog.flush_audit().await;
     if let Some(egress) = &egress {
