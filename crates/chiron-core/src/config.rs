@@ -318,13 +318,17 @@ impl Default for RunnerConfig {
     }
 }
 
+/// The default `log.filter`.
+pub const DEFAULT_LOG_FILTER: &str = "info,rmcp=warn";
+
 /// `[log]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `human` or `json`.
     pub format: LogFormat,
-    /// An `EnvFilter` directive such as `info` or `chiron=debug,info`; `RUST_LOG` wins.
+    /// An `EnvFilter` directive such as `info` or `chiron=debug,info`; `RUST_LOG` wins. The
+    /// default keeps the MCP library's per-request lifecycle events (info level) out.
     pub filter: String,
 }
 
@@ -332,7 +336,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         Self {
             format: LogFormat::Human,
-            filter: "info".into(),
+            filter: DEFAULT_LOG_FILTER.into(),
         }
     }
 }

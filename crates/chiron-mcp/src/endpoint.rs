@@ -98,7 +98,11 @@ impl McpEndpoint {
 
         // rmcp validates Host and Origin too; an empty origin list would switch its check off,
         // so it gets the same explicit lists as the gate.
+        // Stateless (2026-07-28) requests whose handler answers with no message in between
+        // get a plain JSON response instead of a one-event SSE stream: less work on both
+        // ends. Calls that emit notifications first still stream.
         let rmcp_config = StreamableHttpServerConfig::default()
+            .with_json_response(true)
             .with_allowed_hosts(hosts.clone())
             .with_allowed_origins(origins.clone())
             .enforce_origin_validation()

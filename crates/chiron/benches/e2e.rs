@@ -189,7 +189,8 @@ fn main() {
         .to_owned();
     let mut server = chiron
         .command(&["serve"])
-        .env("CHIRON_LOG__FILTER", "info")
+        // The default log filter, as a deployment runs it.
+        .env_remove("CHIRON_LOG__FILTER")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
