@@ -292,7 +292,10 @@ impl EgressProxy {
             .enable_http1()
             .enable_http2()
             .wrap_connector(dialer);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        // Head and body in one buffer: over TLS each written slice becomes its own record.
+        let client = Client::builder(TokioExecutor::new())
+            .http1_writev(false)
+            .build(connector);
         Ok(Self {
             inner: Arc::new(Inner {
                 audit: {
@@ -753,9 +756,10 @@ impl EgressProxy {
             let (proxy, caller, host) = (proxy.clone(), caller.clone(), host.clone());
             async move { Ok::<_, Infallible>(proxy.forward(caller, host, port, true, request).await) }
         });
-        let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-            .serve_connection(TokioIo::new(tls), service)
-            .await;
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // Head and body in one buffer: over TLS each written slice becomes its own record.
+        builder.http1().writev(false);
+        let served = builder.serve_connection(TokioIo::new(tls), service).await;
         if let Err(err) = served {
             tracing::debug!(error = %err, "egress tunnel ended");
         }
