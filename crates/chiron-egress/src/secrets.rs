@@ -241,8 +241,9 @@ impl Secrets {
         Ok(self.store.list_secrets(principal).await?)
     }
 
-    /// The plaintext values that apply to `principal`: its own, else the team's. Read afresh
-    /// on every call, so a changed or deleted value takes effect on the next request.
+    /// The plaintext values that apply to `principal`: its own, else the team's, as fresh as
+    /// [`Secrets::current`] keeps them (a changed or deleted value takes effect on the next
+    /// request).
     pub async fn values_for(&self, principal: PrincipalId) -> Result<Values, SecretError> {
         Ok((*self.current(principal).await?.0).clone())
     }
