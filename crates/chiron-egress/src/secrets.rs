@@ -76,6 +76,7 @@ struct Seen {
 ///   applies to the very next request.
 ///
 /// Without a marker file, storage is read on every request (the safe default).
+#[derive(Default)]
 struct Freshness {
     generation: std::sync::atomic::AtomicU64,
     marker: Option<PathBuf>,
@@ -133,10 +134,7 @@ impl Secrets {
             key_file,
             keys: RwLock::new(keys),
             opened: std::sync::Mutex::default(),
-            freshness: Freshness {
-                generation: Default::default(),
-                marker: None,
-            },
+            freshness: Freshness::default(),
         }
     }
 
@@ -164,10 +162,7 @@ impl Secrets {
             key_file: PathBuf::new(),
             keys: RwLock::new(Ok(Arc::new(keyring))),
             opened: std::sync::Mutex::default(),
-            freshness: Freshness {
-                generation: Default::default(),
-                marker: None,
-            },
+            freshness: Freshness::default(),
         }
     }
 

@@ -5,7 +5,7 @@ use serde::Serialize;
 use sqlx::Row;
 use time::OffsetDateTime;
 
-use chiron_core::time_util::{from_millis, now, to_millis};
+use chiron_core::time_util::{now, to_millis};
 use chiron_core::PrincipalId;
 
 use crate::{Store, StoreError};
@@ -271,7 +271,7 @@ impl Store {
                 Ok(SecretInfo {
                     name: row.try_get("name")?,
                     owner: SecretOwner::from_columns(&kind, &id)?,
-                    updated_at: from_millis(row.try_get("updated_at")?),
+                    updated_at: crate::rows::millis(row, "updated_at")?,
                 })
             })
             .collect()
@@ -336,14 +336,10 @@ impl Store {
         .await?;
         rows.iter()
             .map(|row| {
-                let principal: String = row.try_get("principal_id")?;
                 let injected: String = row.try_get("injected")?;
                 Ok(EgressRecord {
-                    at: from_millis(row.try_get("at")?),
-                    principal_id: principal.parse().map_err(|_| StoreError::Corrupt {
-                        table: "egress_requests",
-                        reason: "not a principal id".into(),
-                    })?,
+                    at: crate::rows::millis(row, "at")?,
+                    principal_id: crate::rows::parsed(row, "egress_requests", "principal_id")?,
                     runner_id: row.try_get("runner_id")?,
                     package: row.try_get("package")?,
                     call_id: row.try_get("call_id")?,
@@ -420,17 +416,12 @@ impl Store {
         .fetch_optional(self.pool())
         .await?;
         row.map(|row| {
-            let principal: String = row.try_get("principal_id")?;
-            let revoked: Option<i64> = row.try_get("revoked_at")?;
             Ok(EgressCredential {
                 id: row.try_get("id")?,
-                principal_id: principal.parse().map_err(|_| StoreError::Corrupt {
-                    table: "egress_credentials",
-                    reason: "not a principal id".into(),
-                })?,
+                principal_id: crate::rows::parsed(&row, "egress_credentials", "principal_id")?,
                 runner_id: row.try_get("runner_id")?,
                 package: row.try_get("package")?,
-                revoked_at: revoked.map(from_millis),
+                revoked_at: crate::rows::opt_millis(&row, "revoked_at")?,
             })
         })
         .transpose()
