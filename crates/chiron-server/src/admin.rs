@@ -549,7 +549,8 @@ async fn set_secret(
         .value
         .as_deref()
         .ok_or_else(|| ApiError::BadRequest("value is required".into()))?;
-    crate::egress::secrets(&state.config, state.store.clone())
+    state
+        .secrets()
         .set(&body.name, owner, value, actor(&admin))
         .await
         .map_err(secret_error)?;
@@ -562,7 +563,8 @@ async fn delete_secret(
     ApiJson(body): ApiJson<SecretBody>,
 ) -> Result<StatusCode, ApiError> {
     let owner = secret_owner(&state, &body).await?;
-    let removed = crate::egress::secrets(&state.config, state.store.clone())
+    let removed = state
+        .secrets()
         .delete(&body.name, owner, actor(&admin))
         .await
         .map_err(secret_error)?;

@@ -1,9 +1,10 @@
 //! [`AppState`]: the services every handler may use. Cheap to clone: each field is shared.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use chiron_auth::AuthService;
 use chiron_core::Config;
+use chiron_egress::Secrets;
 use chiron_mcp::{EmptyCatalog, McpEndpoint, ToolCatalog};
 use chiron_store::Store;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +30,8 @@ pub struct AppState {
     pub runners: Option<Arc<chiron_runner::RunnerPool>>,
     /// The Slack bot's routes (Events API transport), served under `/slack`.
     pub slack: Option<axum::Router>,
+    /// The secret store the egress proxy reads, opened on first use when no proxy runs.
+    secrets: Arc<OnceLock<Arc<Secrets>>>,
     /// Cancelled when the server shuts down: ends MCP sessions and their streams so draining
     /// does not wait on long-lived SSE connections.
     pub shutdown: CancellationToken,
@@ -55,6 +58,20 @@ impl AppState {
         self
     }
 
+    /// The same state sharing `secrets` (the egress proxy's), so changes made through the
+    /// admin API reach the proxy's cached values at once.
+    pub fn with_secrets(self, secrets: Arc<Secrets>) -> Self {
+        let _ = self.secrets.set(secrets);
+        self
+    }
+
+    /// The secret store.
+    pub fn secrets(&self) -> Arc<Secrets> {
+        self.secrets
+            .get_or_init(|| crate::egress::secrets(&self.config, self.store.clone()))
+            .clone()
+    }
+
     /// Builds the state with no tool catalog beyond the built-in tools.
     pub fn new(config: Config, store: Store, auth: AuthService) -> Self {
         Self::with_catalog(config, store, auth, Arc::new(EmptyCatalog))
@@ -78,6 +95,7 @@ impl AppState {
             catalog,
             runners: None,
             slack: None,
+            secrets: Arc::default(),
             shutdown,
         }
     }

@@ -125,11 +125,12 @@ pub async fn run(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
     let grace = config.server.shutdown_grace;
     let mut slack_socket = None;
     let mut slack_routes = None;
+    // One secret store for the proxy, the Slack bot and the admin API.
+    let mut secrets = egress.as_ref().map(|egress| egress.secrets.clone());
     if config.slack.enabled {
-        let secrets = match &egress {
-            Some(egress) => egress.secrets.clone(),
-            None => chiron_server::egress::secrets(&config, store.clone()),
-        };
+        let secrets = secrets
+            .get_or_insert_with(|| chiron_server::egress::secrets(&config, store.clone()))
+            .clone();
         let transport = chiron_server::slack::start(
             std::sync::Arc::new(config.clone()),
             auth.clone(),
@@ -149,6 +150,9 @@ pub async fn run(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
         .with_runners(tools.pool.clone());
     if let Some(routes) = slack_routes {
         state = state.with_slack(routes);
+    }
+    if let Some(secrets) = secrets {
+        state = state.with_secrets(secrets);
     }
     let reaper = state.mcp.spawn_reaper(background.clone());
     // Stops idle runners while serving and every runner at shutdown.
