@@ -2,7 +2,7 @@
 //! under the signing secret, compared in constant time; timestamps more than five minutes
 //! from now are refused, and so is a (timestamp, signature) pair seen before.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 
 use hmac::{Hmac, Mac};
@@ -29,7 +29,7 @@ pub enum SignatureError {
 }
 
 /// Signatures seen recently, and their order of arrival (for forgetting).
-type Seen = (HashMap<String, i64>, VecDeque<(i64, String)>);
+type Seen = (HashSet<String>, VecDeque<(i64, String)>);
 
 /// Verifies signed requests and remembers recent ones.
 pub struct Verifier {
@@ -46,13 +46,21 @@ impl Verifier {
         }
     }
 
-    /// The signature Slack would send for `body` at `timestamp` (for tests and fakes).
-    pub fn sign(&self, timestamp: i64, body: &[u8]) -> String {
+    /// The HMAC over Slack's base string `v0:<timestamp>:<body>`.
+    fn mac(&self, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(&self.secret).expect("invariant: HMAC takes any key");
         mac.update(format!("v0:{timestamp}:").as_bytes());
         mac.update(body);
-        format!("v0={}", hex::encode(mac.finalize().into_bytes()))
+        mac
+    }
+
+    /// The signature Slack would send for `body` at `timestamp` (for tests and fakes).
+    pub fn sign(&self, timestamp: i64, body: &[u8]) -> String {
+        format!(
+            "v0={}",
+            hex::encode(self.mac(timestamp, body).finalize().into_bytes())
+        )
     }
 
     /// Checks one request; `now` is Unix seconds.
@@ -74,11 +82,8 @@ impl Verifier {
             .strip_prefix("v0=")
             .and_then(|h| hex::decode(h).ok())
             .ok_or(SignatureError::Malformed)?;
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(&self.secret).expect("invariant: HMAC takes any key");
-        mac.update(format!("v0:{timestamp}:").as_bytes());
-        mac.update(body);
-        mac.verify_slice(&given)
+        self.mac(timestamp, body)
+            .verify_slice(&given)
             .map_err(|_| SignatureError::Mismatch)?;
         // Replays: remember signatures until their timestamps are too old to pass anyway.
         let key = format!("{timestamp}:{signature}");
@@ -89,7 +94,7 @@ impl Verifier {
                 index.remove(&old);
             }
         }
-        if index.insert(key.clone(), timestamp).is_some() {
+        if !index.insert(key.clone()) {
             return Err(SignatureError::Replayed);
         }
         order.push_back((timestamp, key));
