@@ -57,15 +57,18 @@ pub struct User {
     pub is_ultra_restricted: bool,
 }
 
-/// Whether `text` contains something shaped like a chiron token (`chi_` + 49 base62).
+/// Whether `text` contains something shaped like a chiron token (the prefix, then the
+/// random part and checksum in base62).
 pub fn contains_token(text: &str) -> bool {
-    text.match_indices("chi_").any(|(at, _)| {
-        text[at + 4..]
+    use chiron_auth::token::{CHECKSUM_LEN, PREFIX, RANDOM_LEN};
+    let body = RANDOM_LEN + CHECKSUM_LEN;
+    text.match_indices(PREFIX).any(|(at, _)| {
+        text[at + PREFIX.len()..]
             .chars()
-            .take(49)
+            .take(body)
             .filter(char::is_ascii_alphanumeric)
             .count()
-            == 49
+            == body
     })
 }
 
