@@ -133,8 +133,7 @@ pub fn dispatch_event(state: &SlackState, payload: &Value) -> Option<Value> {
             state.status.event();
             let team = payload["team_id"].as_str().unwrap_or_default();
             if let Some(command) = command_from_event(team, &payload["event"]) {
-                let bot = state.bot.clone();
-                tokio::spawn(async move { bot.handle(command).await });
+                state.spawn(command);
             }
             None
         }
@@ -177,8 +176,7 @@ async fn commands(State(state): State<SlackState>, headers: HeaderMap, body: Byt
         return (StatusCode::BAD_REQUEST, "missing fields").into_response();
     };
     state.status.event();
-    let bot = state.bot.clone();
-    tokio::spawn(async move { bot.handle(command).await });
+    state.spawn(command);
     // Acknowledged before any work; answers arrive as messages.
     StatusCode::OK.into_response()
 }
