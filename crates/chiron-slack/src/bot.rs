@@ -126,18 +126,8 @@ impl Bot {
             return Err(Refusal::Guest);
         }
         let failed = |e: chiron_store::StoreError| Refusal::Failed(e.to_string());
-        if let Some(identity) = self
-            .store
-            .find_identity("slack", team, user)
-            .await
-            .map_err(failed)?
-        {
-            return self
-                .store
-                .get_principal(identity.principal_id)
-                .await
-                .map_err(failed)?
-                .ok_or_else(|| Refusal::Failed("linked principal is gone".into()));
+        if let Some(principal) = self.linked(team, user).await? {
+            return Ok(principal);
         }
         let name = info
             .real_name
@@ -156,20 +146,30 @@ impl Bot {
         {
             Ok(_) => Ok(principal),
             // Two first messages at once: the other one linked first.
-            Err(_) => {
-                let identity = self
-                    .store
-                    .find_identity("slack", team, user)
-                    .await
-                    .map_err(failed)?
-                    .ok_or_else(|| Refusal::Failed("could not link the Slack user".into()))?;
-                self.store
-                    .get_principal(identity.principal_id)
-                    .await
-                    .map_err(failed)?
-                    .ok_or_else(|| Refusal::Failed("linked principal is gone".into()))
-            }
+            Err(_) => self
+                .linked(team, user)
+                .await?
+                .ok_or_else(|| Refusal::Failed("could not link the Slack user".into())),
         }
+    }
+
+    /// The principal the Slack user is already linked to, if any.
+    async fn linked(&self, team: &str, user: &str) -> Result<Option<Principal>, Refusal> {
+        let failed = |e: chiron_store::StoreError| Refusal::Failed(e.to_string());
+        let Some(identity) = self
+            .store
+            .find_identity("slack", team, user)
+            .await
+            .map_err(failed)?
+        else {
+            return Ok(None);
+        };
+        self.store
+            .get_principal(identity.principal_id)
+            .await
+            .map_err(failed)?
+            .map(Some)
+            .ok_or_else(|| Refusal::Failed("linked principal is gone".into()))
     }
 
     /// Sends `text` to the user's DM.
