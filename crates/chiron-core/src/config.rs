@@ -49,6 +49,8 @@ pub struct ServerConfig {
     /// How long shutdown waits for in-flight requests before giving up.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Threads serving HTTP, each with its own single-threaded runtime; 0 means one per CPU.
+    pub http_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -58,11 +60,20 @@ impl Default for ServerConfig {
             public_url: Url::parse("http://127.0.0.1:8787").expect("constant url parses"),
             data_dir: PathBuf::from("./chiron-data"),
             shutdown_grace: Duration::from_secs(30),
+            http_threads: 0,
         }
     }
 }
 
 impl ServerConfig {
+    /// How many HTTP threads to run: `http_threads`, or one per CPU when it is 0.
+    pub fn http_thread_count(&self) -> usize {
+        match self.http_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
     /// `public_url` without a trailing slash, the base for every URL chiron hands out.
     pub fn public_base(&self) -> String {
         self.public_url.as_str().trim_end_matches('/').to_owned()

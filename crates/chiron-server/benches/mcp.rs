@@ -108,6 +108,7 @@ async fn start(app: Router) -> SocketAddr {
         app,
         std::future::pending(),
         Duration::from_secs(1),
+        chiron_core::config::ServerConfig::default().http_thread_count(),
     ));
     addr
 }
@@ -257,6 +258,7 @@ fn main() {
             router(state),
             std::future::pending(),
             Duration::from_secs(1),
+            chiron_core::config::ServerConfig::default().http_thread_count(),
         ));
 
         let bare_service = StreamableHttpService::new(

@@ -1,5 +1,5 @@
 //! Graceful shutdown over a real socket: after the signal the server finishes the request in
-//! flight and then returns.
+//! flight and then returns; its HTTP threads end when stopped.
 
 use std::time::Duration;
 
@@ -47,6 +47,7 @@ async fn shutdown_drains_in_flight_requests() {
             let _ = stop_rx.await;
         },
         Duration::from_secs(30),
+        2,
     ));
 
     let client = reqwest::Client::new();
@@ -61,5 +62,6 @@ async fn shutdown_drains_in_flight_requests() {
     let response = in_flight.await.unwrap().unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "finished");
-    server.await.unwrap().unwrap();
+    let threads = server.await.unwrap().unwrap();
+    threads.stop().await;
 }

@@ -163,7 +163,15 @@ pub async fn run(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
         // End MCP sessions and their SSE streams so draining only waits for real requests.
         stop_sessions.cancel();
     };
-    serve::serve(listener, chiron_server::router(state), on_signal, grace).await?;
+    let threads = state.config.server.http_thread_count();
+    let http = serve::serve(
+        listener,
+        chiron_server::router(state),
+        on_signal,
+        grace,
+        threads,
+    )
+    .await?;
 
     background.cancel();
     let _ = flusher.await;
@@ -184,6 +192,8 @@ pub async fn run(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
     if let Some(egress) = &egress {
         egress.proxy.flush_audit().await;
     }
+    // Last: the runners have stopped, so nothing is left on the HTTP threads.
+    http.stop().await;
     let _ = std::fs::remove_file(&pid_file);
     store.close().await;
     tracing::info!("stopped");
