@@ -6,8 +6,9 @@
 //! reaches storage up to [`LINGER`] later (shutdown flushes; a crash loses at most that).
 
 use std::future::Future;
+use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::StoreError;
 
@@ -25,12 +26,14 @@ enum Message<T> {
 /// Hands rows to a background writer. Cheap to clone.
 pub struct BatchWriter<T> {
     tx: mpsc::UnboundedSender<Message<T>>,
+    flush_now: Arc<Notify>,
 }
 
 impl<T> Clone for BatchWriter<T> {
     fn clone(&self) -> Self {
         Self {
             tx: self.tx.clone(),
+            flush_now: self.flush_now.clone(),
         }
     }
 }
@@ -44,33 +47,40 @@ impl<T: Send + 'static> BatchWriter<T> {
         Fut: Future<Output = Result<(), StoreError>> + Send,
     {
         let (tx, mut rx) = mpsc::unbounded_channel::<Message<T>>();
+        let flush_now = Arc::new(Notify::new());
+        let flushes = flush_now.clone();
         tokio::spawn(async move {
             let mut waiting = Vec::new();
+            let mut batch = Vec::new();
             while let Some(first) = rx.recv().await {
-                let mut batch = Vec::new();
-                let deadline = tokio::time::Instant::now() + LINGER;
                 let mut next = Some(first);
-                while let Some(message) = next.take() {
-                    match message {
-                        Message::Row(row) => batch.push(row),
-                        Message::Flush(done) => waiting.push(done),
+                let mut lingered = false;
+                loop {
+                    while let Some(message) = next.take() {
+                        match message {
+                            Message::Row(row) => batch.push(row),
+                            Message::Flush(done) => waiting.push(done),
+                        }
+                        if batch.len() < MAX_BATCH {
+                            next = rx.try_recv().ok();
+                        }
                     }
-                    if batch.len() >= MAX_BATCH {
+                    if lingered || batch.len() >= MAX_BATCH || !waiting.is_empty() {
                         break;
                     }
-                    next = match rx.try_recv() {
-                        Ok(message) => Some(message),
-                        // Someone waits for the rows: store them now.
-                        Err(_) if !waiting.is_empty() => None,
-                        Err(_) => tokio::time::timeout_at(deadline, rx.recv())
-                            .await
-                            .ok()
-                            .flatten(),
-                    };
+                    // Linger without polling the channel, so rows queued meanwhile wake
+                    // nobody (a wake-up of this task from a request's thread cost more than
+                    // the row); a flush cuts the wait short.
+                    tokio::select! {
+                        () = tokio::time::sleep(LINGER) => {}
+                        () = flushes.notified() => {}
+                    }
+                    lingered = true;
+                    next = rx.try_recv().ok();
                 }
                 if !batch.is_empty() {
                     let rows = batch.len();
-                    if let Err(err) = write(batch).await {
+                    if let Err(err) = write(std::mem::take(&mut batch)).await {
                         tracing::error!(error = %err, rows, "could not record {what}");
                     }
                 }
@@ -79,7 +89,7 @@ impl<T: Send + 'static> BatchWriter<T> {
                 }
             }
         });
-        Self { tx }
+        Self { tx, flush_now }
     }
 
     /// Queues one row; false when the writer is gone.
@@ -91,6 +101,7 @@ impl<T: Send + 'static> BatchWriter<T> {
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
         if self.tx.send(Message::Flush(done)).is_ok() {
+            self.flush_now.notify_one();
             let _ = wait.await;
         }
     }
@@ -118,5 +129,25 @@ mod tests {
         writer.write(4);
         writer.flush().await;
         assert_eq!(batches.lock().unwrap().last(), Some(&vec![4]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rows_queued_while_lingering_join_the_batch() {
+        let (stored, first_batch) = tokio::sync::oneshot::channel::<Vec<u32>>();
+        let stored = Arc::new(Mutex::new(Some(stored)));
+        let writer = BatchWriter::start("numbers", move |rows| {
+            if let Some(stored) = stored.lock().unwrap().take() {
+                let _ = stored.send(rows);
+            }
+            async { Ok(()) }
+        });
+        writer.write(1);
+        // Let the writer take the first row and start lingering.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        writer.write(2);
+        // The paused clock jumps to the end of the linger once every task waits.
+        assert_eq!(first_batch.await.unwrap(), vec![1, 2]);
     }
 }
