@@ -6,7 +6,8 @@
 //! per call (from /proc of the server process).
 //!
 //! Run: `cargo bench -p chiron --bench e2e` (as root, like the sandboxes need);
-//! `CHIRON_BENCH_CALLS` (default 300).
+//! `CHIRON_BENCH_CALLS` (default 300); `CHIRON_BENCH_ONLY=stateless/stdio_ping` (form/tool)
+//! runs one row, for profiling the server while it runs.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -148,6 +149,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(300);
+    let only = std::env::var("CHIRON_BENCH_ONLY").ok();
     let dir = tempfile::tempdir().unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
@@ -272,6 +274,9 @@ fn main() {
                 ("native_true", p50(&mut host)),
                 ("stdio_ping", p50(&mut stdio_direct)),
             ] {
+                if only.as_deref().is_some_and(|only| only != format!("{form}/{tool}")) {
+                    continue;
+                }
                 for _ in 0..20 {
                     client.call(tool).await;
                 }
