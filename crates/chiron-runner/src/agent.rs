@@ -29,7 +29,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +67,9 @@ pub const CA_BUNDLE: &str = "/etc/chiron/ca-bundle.pem";
 
 /// The proxy listener's address inside every runner's network namespace.
 pub const PROXY_ADDR: &str = "127.0.0.1:3128";
+
+/// The search path for a request whose environment has no `PATH`.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// A request from the gateway.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -611,7 +614,14 @@ fn install_seccomp() {
     }
 }
 
-type Pending = Arc<Mutex<HashMap<i32, mpsc::Sender<i32>>>>;
+type Pending = Arc<Mutex<HashMap<i32, Exit>>>;
+
+/// Where the reaper reports a call's exit: the wait status on `status`, and dropping
+/// `closed` (the write end of a pipe only this entry holds) wakes the call's poll loop.
+struct Exit {
+    status: mpsc::Sender<i32>,
+    closed: std::os::fd::OwnedFd,
+}
 
 /// Wakes the reaper when a child is started. The counter is the spawn generation, so a spawn
 /// that happens between the reaper's `ECHILD` and its wait is never missed.
@@ -632,58 +642,223 @@ fn reaper(pending: Pending, spawned: Spawned) {
             let _unused = wake.wait_while(guard, |current| *current == seen);
             continue;
         }
-        if let Some(tx) = pending
+        if let Some(exit) = pending
             .lock()
             .expect("invariant: pending lock")
             .remove(&pid)
         {
-            let _ = tx.send(status);
+            let _ = exit.status.send(status);
+            drop(exit.closed);
         }
     }
 }
 
-/// Output collected by a reader thread; `done` fires at end of file.
-struct Collector {
-    bytes: Arc<Mutex<Vec<u8>>>,
-    done: mpsc::Receiver<()>,
+/// One call's pipes, served on the call's own thread with poll(2): the JSON input is fed to
+/// stdin, stdout is kept up to [`MAX_STDOUT`] and stderr's last [`STDERR_TAIL`] bytes, while
+/// the [`Exit`] pipe tells when the process exits. One thread per call instead of one per
+/// pipe: starting threads was most of what a warm call cost inside the sandbox.
+struct CallPipes {
+    stdin: Option<std::process::ChildStdin>,
+    input: Vec<u8>,
+    written: usize,
+    stdout: Option<std::process::ChildStdout>,
+    stderr: Option<std::process::ChildStderr>,
+    out: Vec<u8>,
+    err: Vec<u8>,
 }
 
-impl Collector {
-    /// Reads `reader` on a thread, keeping the first `limit` bytes, or with `tail` the last.
-    fn start(mut reader: impl Read + Send + 'static, limit: usize, tail: bool) -> Self {
-        let bytes = Arc::new(Mutex::new(Vec::new()));
-        let (done_tx, done) = mpsc::channel();
-        let sink = bytes.clone();
-        std::thread::spawn(move || {
-            let mut buffer = [0u8; 8192];
-            while let Ok(n) = reader.read(&mut buffer) {
-                if n == 0 {
-                    break;
-                }
-                let mut kept = sink.lock().expect("invariant: output lock");
-                if tail {
-                    kept.extend_from_slice(&buffer[..n]);
-                    if kept.len() > limit {
-                        let excess = kept.len() - limit;
-                        kept.drain(..excess);
-                    }
-                } else {
-                    let room = limit.saturating_sub(kept.len());
-                    kept.extend_from_slice(&buffer[..n.min(room)]);
-                }
-            }
-            let _ = done_tx.send(());
-        });
-        Self { bytes, done }
+/// How a [`CallPipes::pump`] ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Pumped {
+    /// Both output streams ended (and the process exited, when its exit was watched).
+    Done,
+    /// The process exited; its streams may still be open (held by descendants).
+    Exited,
+    /// The deadline passed.
+    TimedOut,
+}
+
+fn set_nonblocking(fd: std::os::fd::RawFd) {
+    // SAFETY: fcntl on a descriptor this call owns.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+    }
+}
+
+impl CallPipes {
+    fn new(child: &mut std::process::Child, input: String) -> Self {
+        use std::os::fd::AsRawFd;
+        let stdin = child.stdin.take();
+        if let Some(stdin) = &stdin {
+            // A tool that never reads its input must not stall the call.
+            set_nonblocking(stdin.as_raw_fd());
+        }
+        Self {
+            stdin,
+            input: input.into_bytes(),
+            written: 0,
+            stdout: child.stdout.take(),
+            stderr: child.stderr.take(),
+            out: Vec::new(),
+            err: Vec::new(),
+        }
     }
 
-    /// What was read, waiting at most `grace` for the end of the stream: a descendant that
-    /// escaped the process group may hold the pipe open indefinitely.
-    fn finish(self, grace: Duration) -> String {
-        let _ = self.done.recv_timeout(grace);
-        let bytes = self.bytes.lock().expect("invariant: output lock");
-        String::from_utf8_lossy(&bytes).into_owned()
+    /// Moves data until the streams end and, with `exit` (the read end of the call's exit
+    /// pipe), the process has exited; or until `deadline`. Returns [`Pumped::Exited`] as soon
+    /// as the process exits.
+    fn pump(&mut self, exit: Option<&std::os::fd::OwnedFd>, deadline: Instant) -> Pumped {
+        use std::os::fd::AsRawFd;
+        loop {
+            if self.written >= self.input.len() {
+                self.stdin = None;
+            }
+            let mut fds = Vec::with_capacity(4);
+            let watch = |fds: &mut Vec<libc::pollfd>, fd: libc::c_int, events: libc::c_short| {
+                fds.push(libc::pollfd {
+                    fd,
+                    events,
+                    revents: 0,
+                })
+            };
+            if let Some(stdin) = &self.stdin {
+                watch(&mut fds, stdin.as_raw_fd(), libc::POLLOUT);
+            }
+            if let Some(stdout) = &self.stdout {
+                watch(&mut fds, stdout.as_raw_fd(), libc::POLLIN);
+            }
+            if let Some(stderr) = &self.stderr {
+                watch(&mut fds, stderr.as_raw_fd(), libc::POLLIN);
+            }
+            if let Some(exit) = exit {
+                watch(&mut fds, exit.as_raw_fd(), libc::POLLIN);
+            } else if self.stdout.is_none() && self.stderr.is_none() {
+                return Pumped::Done;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Pumped::TimedOut;
+            }
+            let timeout = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+            // SAFETY: `fds` is a live array of `fds.len()` pollfd entries.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if ready < 0 {
+                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Pumped::TimedOut;
+            }
+            for polled in &fds {
+                if polled.revents == 0 {
+                    continue;
+                }
+                let fd = polled.fd;
+                if self.stdin.as_ref().is_some_and(|p| p.as_raw_fd() == fd) {
+                    self.feed();
+                } else if self.stdout.as_ref().is_some_and(|p| p.as_raw_fd() == fd) {
+                    if !drain(&mut self.stdout, &mut self.out, MAX_STDOUT, false) {
+                        self.stdout = None;
+                    }
+                } else if self.stderr.as_ref().is_some_and(|p| p.as_raw_fd() == fd) {
+                    if !drain(&mut self.stderr, &mut self.err, STDERR_TAIL, true) {
+                        self.stderr = None;
+                    }
+                } else {
+                    return Pumped::Exited;
+                }
+            }
+        }
     }
+
+    /// Writes what stdin takes now; closes it when everything is written or the tool closed it.
+    fn feed(&mut self) {
+        let Some(stdin) = &mut self.stdin else { return };
+        match stdin.write(&self.input[self.written..]) {
+            Ok(n) => self.written += n,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => self.stdin = None,
+        }
+    }
+}
+
+/// Reads what `pipe` holds now into `kept` (the first `limit` bytes, or with `tail` the last);
+/// false at end of file or on error.
+fn drain<R: Read>(pipe: &mut Option<R>, kept: &mut Vec<u8>, limit: usize, tail: bool) -> bool {
+    let Some(reader) = pipe else { return false };
+    let mut buffer = [0u8; 8192];
+    match reader.read(&mut buffer) {
+        Ok(0) => false,
+        Ok(n) => {
+            if tail {
+                kept.extend_from_slice(&buffer[..n]);
+                if kept.len() > limit {
+                    let excess = kept.len() - limit;
+                    kept.drain(..excess);
+                }
+            } else {
+                let room = limit.saturating_sub(kept.len());
+                kept.extend_from_slice(&buffer[..n.min(room)]);
+            }
+            true
+        }
+        Err(err) => err.kind() == std::io::ErrorKind::Interrupted,
+    }
+}
+
+/// A close-on-exec pipe: (read end, write end).
+fn exit_pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills both descriptors on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: descriptors the kernel just gave us, owned from here on.
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
+}
+
+/// A command for `argv` with nothing inherited: the program is looked up on the call's own
+/// `PATH` here, so the standard library can start it with posix_spawn (a vfork) instead of
+/// fork, which copied the agent's page tables on every call; `argv[0]` stays as given.
+fn command(program: &str, args: &[String], env: &BTreeMap<String, String>, cwd: &str) -> Command {
+    let mut command = Command::new(resolve(program, env));
+    command
+        .arg0(program)
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .current_dir(cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    command
+}
+
+/// `program` itself when it names a path; else the first executable file of that name in the
+/// absolute directories of `PATH`; else `program`, left to the usual search (and its error).
+fn resolve(program: &str, env: &BTreeMap<String, String>) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    if program.contains('/') {
+        return PathBuf::from(program);
+    }
+    let path = env.get("PATH").map_or(DEFAULT_PATH, String::as_str);
+    path.split(':')
+        .filter(|dir| dir.starts_with('/'))
+        .map(|dir| Path::new(dir).join(program))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .unwrap_or_else(|| PathBuf::from(program))
 }
 
 fn run_one(id: u64, run: RunRequest, pending: &Pending, spawned: &Spawned) -> Response {
@@ -695,16 +870,15 @@ fn run_one(id: u64, run: RunRequest, pending: &Pending, spawned: &Spawned) -> Re
         response.error = Some("empty argv".into());
         return response;
     };
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .env_clear()
-        .envs(&run.env)
-        .current_dir(&run.cwd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+    let mut command = command(program, args, &run.env, &run.cwd);
+    let started = Instant::now();
+    let (exited, closed) = match exit_pipe() {
+        Ok(ends) => ends,
+        Err(err) => {
+            response.error = Some(format!("cannot start {program}: {err}"));
+            return response;
+        }
+    };
     // Registering before the child can exit: hold the lock across spawn.
     let (tx, rx) = mpsc::channel();
     let mut guard = pending.lock().expect("invariant: pending lock");
@@ -716,7 +890,7 @@ fn run_one(id: u64, run: RunRequest, pending: &Pending, spawned: &Spawned) -> Re
         }
     };
     let pid = child.id() as i32;
-    guard.insert(pid, tx);
+    guard.insert(pid, Exit { status: tx, closed });
     drop(guard);
     {
         let (generation, wake) = &**spawned;
@@ -724,42 +898,27 @@ fn run_one(id: u64, run: RunRequest, pending: &Pending, spawned: &Spawned) -> Re
         wake.notify_one();
     }
 
-    let stdin = child.stdin.take();
-    let input = run.stdin;
-    let writer = std::thread::spawn(move || {
-        if let Some(mut stdin) = stdin {
-            let _ = stdin.write_all(input.as_bytes());
-        }
-    });
-    let stdout = child
-        .stdout
-        .take()
-        .map(|out| Collector::start(out, MAX_STDOUT, false));
-    let stderr = child
-        .stderr
-        .take()
-        .map(|err| Collector::start(err, STDERR_TAIL, true));
-
-    let status = match rx.recv_timeout(Duration::from_millis(run.timeout_ms)) {
-        Ok(status) => status,
-        Err(_) => {
-            response.timed_out = true;
-            // SAFETY: signalling the call's own process group.
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
-            rx.recv().unwrap_or(0)
-        }
-    };
-    // The whole group goes, so pipes held open by descendants close too.
+    let mut pipes = CallPipes::new(&mut child, run.stdin);
+    let deadline = started + Duration::from_millis(run.timeout_ms);
+    let pumped = pipes.pump(Some(&exited), deadline);
+    response.timed_out = pumped == Pumped::TimedOut;
+    // The whole group goes, so pipes held open by descendants close too (and a timed-out
+    // call's process is killed with its children).
     // SAFETY: signalling the call's own process group; harmless if it is already gone.
     unsafe { libc::kill(-pid, libc::SIGKILL) };
-    let _ = writer.join();
+    let status = rx.recv().unwrap_or(0);
+    if pumped != Pumped::Done {
+        // Output written before the exit may still be in the pipes: collect it, waiting at
+        // most a short grace for descendants that escaped the group.
+        let _ = pipes.pump(None, Instant::now() + OUTPUT_GRACE);
+    }
     if libc::WIFEXITED(status) {
         response.exit_code = Some(libc::WEXITSTATUS(status));
     } else if libc::WIFSIGNALED(status) {
         response.signal = Some(libc::WTERMSIG(status));
     }
-    response.stdout = stdout.map(|c| c.finish(OUTPUT_GRACE)).unwrap_or_default();
-    response.stderr_tail = stderr.map(|c| c.finish(OUTPUT_GRACE)).unwrap_or_default();
+    response.stdout = String::from_utf8_lossy(&pipes.out).into_owned();
+    response.stderr_tail = String::from_utf8_lossy(&pipes.err).into_owned();
     response
 }
 
@@ -778,16 +937,7 @@ fn start_stdio(id: u64, request: StdioRequest) {
         let _ = crate::control::send(control, &message, &[]);
         return;
     };
-    let spawned = Command::new(program)
-        .args(args)
-        .env_clear()
-        .envs(&request.env)
-        .current_dir(&request.cwd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn();
+    let spawned = command(program, args, &request.env, &request.cwd).spawn();
     let sent = match spawned {
         Ok(mut child) => {
             message.pid = Some(child.id() as i32);

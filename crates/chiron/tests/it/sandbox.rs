@@ -663,3 +663,22 @@ async fn ten_concurrent_first_calls_start_one_sandbox() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_input_and_output_pass_through_both_pipes() {
+    let s = sandbox();
+    let alice = PrincipalId::new();
+    // Input and outputs several times a pipe's buffer, stderr written before stdout: a call
+    // that fed stdin or read one stream at a time would deadlock here.
+    let pad = "x".repeat(300_000);
+    let code = format!(
+        "import sys\npad = '{pad}'\nsys.stderr.write('e' * 100000 + 'END')\nsys.stderr.flush()\nsys.stdout.write('o' * 1000000)\nprint(len(pad))"
+    );
+    let outcome = s.run(alice, &code).await;
+    let out = String::from_utf8_lossy(&outcome.stdout).into_owned();
+    assert_eq!(outcome.exit_code, Some(0), "{}", outcome.stderr_tail);
+    assert_eq!(out.len(), 1_000_000 + "300000\n".len());
+    assert!(out.ends_with("o300000\n"), "{}", &out[out.len() - 20..]);
+    assert!(outcome.stderr_tail.ends_with("eeeEND"));
+    assert!(outcome.stderr_tail.len() <= chiron_runner::agent::STDERR_TAIL);
+}
