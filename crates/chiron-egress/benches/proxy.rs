@@ -4,6 +4,11 @@
 //! real work: credential lookup, grant check, TLS interception, secret lookup and opening,
 //! header injection, dial policy, upstream TLS, response scrubbing and an audit row.
 //!
+//! A third row is the floor for any TLS-intercepting proxy here: a bare relay built from the
+//! same libraries (hyper, rustls, hyper-util's client) that terminates TLS and forwards each
+//! request with none of chiron's work. Client, proxy and upstream share this machine's cores,
+//! so the proxied path runs twice the TLS and HTTP endpoints of the direct one.
+//!
 //! Run: `cargo bench -p chiron-egress --bench proxy`; `CHIRON_BENCH_REQUESTS` (default 2000)
 //! and `CHIRON_BENCH_SECONDS` (default 3) adjust it.
 
@@ -76,6 +81,112 @@ async fn upstream() -> (std::net::SocketAddr, String) {
         }
     });
     (addr, ca.pem())
+}
+
+/// A bare TLS-intercepting relay: CONNECT, terminate TLS with `leaf`, forward each request
+/// to the upstream over TLS, stream the answer back. No credentials, policy, secrets, audit
+/// or scrubbing: the cost of the intercepting shape alone.
+async fn bare_relay(
+    upstream: std::net::SocketAddr,
+    upstream_ca: &str,
+    leaf: Arc<rustls::sign::CertifiedKey>,
+) -> std::net::SocketAddr {
+    use http_body_util::BodyExt;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use rustls_pki_types::pem::PemObject;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_slice(upstream_ca.as_bytes()).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(
+            HOST.try_into().unwrap(),
+        ))
+        .enable_http1()
+        .wrap_connector(http);
+    let client: Client<_, hyper::body::Incoming> = Client::builder(TokioExecutor::new())
+        .http1_writev(false)
+        .build(connector);
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(leaf)));
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let target: hyper::Uri = format!("https://{upstream}").parse().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let (acceptor, client, target) = (acceptor.clone(), client.clone(), target.clone());
+            tokio::spawn(async move {
+                let connect = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let (acceptor, client, target) =
+                            (acceptor.clone(), client.clone(), target.clone());
+                        async move {
+                            tokio::spawn(async move {
+                                let upgraded = hyper::upgrade::on(request).await.unwrap();
+                                let tls = acceptor.accept(TokioIo::new(upgraded)).await.unwrap();
+                                let forward = hyper::service::service_fn(
+                                    move |request: hyper::Request<hyper::body::Incoming>| {
+                                        let (client, target) = (client.clone(), target.clone());
+                                        async move {
+                                            let (mut parts, body) = request.into_parts();
+                                            let path = parts
+                                                .uri
+                                                .path_and_query()
+                                                .map_or("/", |p| p.as_str());
+                                            parts.uri =
+                                                format!("{target}{}", path.trim_start_matches('/'))
+                                                    .parse()
+                                                    .unwrap();
+                                            let response = client
+                                                .request(hyper::Request::from_parts(parts, body))
+                                                .await
+                                                .unwrap();
+                                            Ok::<_, std::convert::Infallible>(
+                                                response.map(|b| b.boxed()),
+                                            )
+                                        }
+                                    },
+                                );
+                                let mut builder = hyper::server::conn::http1::Builder::new();
+                                builder.writev(false);
+                                let _ = builder.serve_connection(TokioIo::new(tls), forward).await;
+                            });
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Empty::<Bytes>::new(),
+                            ))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), connect)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
 }
 
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
@@ -234,11 +345,19 @@ fn main() {
             .http1_only()
             .build()
             .unwrap();
+        let relay_addr = bare_relay(upstream, &upstream_ca, ca.leaf(HOST).unwrap()).await;
+        let relayed = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+            .proxy(reqwest::Proxy::all(format!("http://{relay_addr}")).unwrap())
+            .pool_max_idle_per_host(32)
+            .http1_only()
+            .build()
+            .unwrap();
         let url = format!("https://{HOST}:{}/items", upstream.port());
         let url_proxied = format!("https://{HOST}/items");
 
         println!(
-            "egress benchmark: {requests} sequential requests, then 16 concurrent for {seconds}s"
+            "egress benchmark: {requests} sequential requests, then 16 concurrent for {seconds}s (two rounds)"
         );
         if std::env::var("CHIRON_BENCH_ONLY").as_deref() == Ok("proxy") {
             // For profiling the proxied path alone.
@@ -248,8 +367,14 @@ fn main() {
         }
         let (direct_p50, direct_p99) = latency(&direct, &url, requests).await;
         let (proxy_p50, proxy_p99) = latency(&proxied, &url_proxied, requests).await;
-        let direct_rps = throughput(&direct, &url, seconds).await;
-        let proxy_rps = throughput(&proxied, &url_proxied, seconds).await;
+        let (relay_p50, relay_p99) = latency(&relayed, &url_proxied, requests).await;
+        // Two interleaved rounds, averaged: the machine's speed drifts within a run.
+        let (mut direct_rps, mut proxy_rps, mut relay_rps) = (0.0, 0.0, 0.0);
+        for _ in 0..2 {
+            direct_rps += throughput(&direct, &url, seconds).await / 2.0;
+            proxy_rps += throughput(&proxied, &url_proxied, seconds).await / 2.0;
+            relay_rps += throughput(&relayed, &url_proxied, seconds).await / 2.0;
+        }
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
             "direct TLS            p50 {:>7.3} ms  p99 {:>7.3} ms  {:>8.0} req/s",
@@ -264,9 +389,17 @@ fn main() {
             proxy_rps
         );
         println!(
-            "added p50: {:.3} ms   throughput ratio: {:.2}x",
+            "bare relay (floor)    p50 {:>7.3} ms  p99 {:>7.3} ms  {:>8.0} req/s",
+            ms(relay_p50),
+            ms(relay_p99),
+            relay_rps
+        );
+        println!(
+            "added p50: {:.3} ms   throughput ratio: {:.2}x   (bare relay: {:.2}x; chiron / bare relay: {:.2}x)",
             ms(proxy_p50) - ms(direct_p50),
-            proxy_rps / direct_rps
+            proxy_rps / direct_rps,
+            relay_rps / direct_rps,
+            proxy_rps / relay_rps
         );
         proxy.flush_audit().await;
         let audited = db.egress_requests(None, 5).await.unwrap();
