@@ -120,19 +120,9 @@ pub async fn local_principal(
     store: &Store,
     subject: &str,
 ) -> Result<(Principal, bool), SetupError> {
-    if let Some(identity) = store
-        .find_identity(LOCAL_PROVIDER, LOCAL_TENANT, subject)
-        .await?
-    {
-        if let Some(principal) = store.get_principal(identity.principal_id).await? {
-            return Ok((principal, false));
-        }
-    }
-    let principal = store.create_principal(subject).await?;
-    store
-        .link_identity(LOCAL_PROVIDER, LOCAL_TENANT, subject, principal.id)
-        .await?;
-    Ok((principal, true))
+    Ok(store
+        .principal_for_identity(LOCAL_PROVIDER, LOCAL_TENANT, subject, subject)
+        .await?)
 }
 
 /// Creates the `admin` principal and its first admin token if this installation has none.

@@ -126,9 +126,6 @@ impl Bot {
             return Err(Refusal::Guest);
         }
         let failed = |e: chiron_store::StoreError| Refusal::Failed(e.to_string());
-        if let Some(principal) = self.linked(team, user).await? {
-            return Ok(principal);
-        }
         let name = info
             .real_name
             .filter(|n| !n.trim().is_empty())
@@ -138,38 +135,12 @@ impl Bot {
         } else {
             name
         };
-        let principal = self.store.create_principal(&name).await.map_err(failed)?;
-        match self
+        let (principal, _) = self
             .store
-            .link_identity("slack", team, user, principal.id)
+            .principal_for_identity("slack", team, user, &name)
             .await
-        {
-            Ok(_) => Ok(principal),
-            // Two first messages at once: the other one linked first.
-            Err(_) => self
-                .linked(team, user)
-                .await?
-                .ok_or_else(|| Refusal::Failed("could not link the Slack user".into())),
-        }
-    }
-
-    /// The principal the Slack user is already linked to, if any.
-    async fn linked(&self, team: &str, user: &str) -> Result<Option<Principal>, Refusal> {
-        let failed = |e: chiron_store::StoreError| Refusal::Failed(e.to_string());
-        let Some(identity) = self
-            .store
-            .find_identity("slack", team, user)
-            .await
-            .map_err(failed)?
-        else {
-            return Ok(None);
-        };
-        self.store
-            .get_principal(identity.principal_id)
-            .await
-            .map_err(failed)?
-            .map(Some)
-            .ok_or_else(|| Refusal::Failed("linked principal is gone".into()))
+            .map_err(failed)?;
+        Ok(principal)
     }
 
     /// Sends `text` to the user's DM.

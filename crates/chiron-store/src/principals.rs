@@ -9,22 +9,55 @@ use crate::{conflict_or, rows, Store, StoreError};
 impl Store {
     /// Creates an active principal.
     pub async fn create_principal(&self, display_name: &str) -> Result<Principal, StoreError> {
-        let principal = Principal {
-            id: PrincipalId::new(),
-            display_name: display_name.to_owned(),
-            status: PrincipalStatus::Active,
-            created_at: now(),
-        };
-        sqlx::query(
-            "INSERT INTO principals (id, display_name, status, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(principal.id.to_string())
-        .bind(principal.display_name.clone())
-        .bind(principal.status.as_str())
-        .bind(to_millis(principal.created_at))
-        .execute(self.pool())
-        .await?;
+        let principal = new_principal(display_name);
+        insert_principal(&mut *self.pool().acquire().await?, &principal).await?;
         Ok(principal)
+    }
+
+    /// The principal linked to an external identity; when there is none yet, a new principal
+    /// named `display_name` is created and linked in one transaction. Returns whether it was
+    /// created now. Callers racing for the same new identity end with one principal: the
+    /// loser's link conflicts, its transaction (with its principal) rolls back, and it gets
+    /// the winner's.
+    pub async fn principal_for_identity(
+        &self,
+        provider: &str,
+        tenant: &str,
+        subject: &str,
+        display_name: &str,
+    ) -> Result<(Principal, bool), StoreError> {
+        if let Some(found) = self.linked_principal(provider, tenant, subject).await? {
+            return Ok((found, false));
+        }
+        let principal = new_principal(display_name);
+        let identity = new_identity(provider, tenant, subject, principal.id);
+        let mut tx = self.pool().begin().await?;
+        insert_principal(&mut tx, &principal).await?;
+        match insert_identity(&mut tx, &identity).await {
+            Ok(()) => {
+                tx.commit().await?;
+                Ok((principal, true))
+            }
+            Err(StoreError::Conflict(what)) => {
+                tx.rollback().await?;
+                let found = self.linked_principal(provider, tenant, subject).await?;
+                found.map(|p| (p, false)).ok_or(StoreError::Conflict(what))
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The principal an external identity is linked to, if any (and if it still exists).
+    async fn linked_principal(
+        &self,
+        provider: &str,
+        tenant: &str,
+        subject: &str,
+    ) -> Result<Option<Principal>, StoreError> {
+        match self.find_identity(provider, tenant, subject).await? {
+            Some(identity) => self.get_principal(identity.principal_id).await,
+            None => Ok(None),
+        }
     }
 
     /// The principal with this id, if any.
@@ -84,25 +117,8 @@ impl Store {
         subject: &str,
         principal_id: PrincipalId,
     ) -> Result<ExternalIdentity, StoreError> {
-        let identity = ExternalIdentity {
-            provider: provider.to_owned(),
-            tenant: tenant.to_owned(),
-            subject: subject.to_owned(),
-            principal_id,
-            created_at: now(),
-        };
-        sqlx::query(
-            "INSERT INTO external_identities (provider, tenant, subject, principal_id, created_at)
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(identity.provider.clone())
-        .bind(identity.tenant.clone())
-        .bind(identity.subject.clone())
-        .bind(principal_id.to_string())
-        .bind(to_millis(identity.created_at))
-        .execute(self.pool())
-        .await
-        .map_err(|err| conflict_or(err, "external identity"))?;
+        let identity = new_identity(provider, tenant, subject, principal_id);
+        insert_identity(&mut *self.pool().acquire().await?, &identity).await?;
         Ok(identity)
     }
 
@@ -138,4 +154,64 @@ impl Store {
         .await?;
         rows.iter().map(rows::identity).collect()
     }
+}
+
+fn new_principal(display_name: &str) -> Principal {
+    Principal {
+        id: PrincipalId::new(),
+        display_name: display_name.to_owned(),
+        status: PrincipalStatus::Active,
+        created_at: now(),
+    }
+}
+
+fn new_identity(
+    provider: &str,
+    tenant: &str,
+    subject: &str,
+    principal_id: PrincipalId,
+) -> ExternalIdentity {
+    ExternalIdentity {
+        provider: provider.to_owned(),
+        tenant: tenant.to_owned(),
+        subject: subject.to_owned(),
+        principal_id,
+        created_at: now(),
+    }
+}
+
+async fn insert_principal(
+    conn: &mut sqlx::AnyConnection,
+    principal: &Principal,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO principals (id, display_name, status, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(principal.id.to_string())
+    .bind(principal.display_name.clone())
+    .bind(principal.status.as_str())
+    .bind(to_millis(principal.created_at))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Links an identity; [`StoreError::Conflict`] when it is linked already.
+async fn insert_identity(
+    conn: &mut sqlx::AnyConnection,
+    identity: &ExternalIdentity,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO external_identities (provider, tenant, subject, principal_id, created_at)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(identity.provider.clone())
+    .bind(identity.tenant.clone())
+    .bind(identity.subject.clone())
+    .bind(identity.principal_id.to_string())
+    .bind(to_millis(identity.created_at))
+    .execute(conn)
+    .await
+    .map_err(|err| conflict_or(err, "external identity"))?;
+    Ok(())
 }

@@ -90,3 +90,35 @@ backend_tests!(external_identities_are_unique, |store: Store| async move {
     assert_eq!(of_bob.len(), 1);
     assert_eq!(of_bob[0].tenant, "T2");
 });
+
+backend_tests!(
+    first_uses_of_an_identity_at_once_make_one_principal,
+    |store: Store| async move {
+        // Eight first messages from the same new user at once.
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .principal_for_identity("slack", "T1", "U9", "Dana")
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for call in calls {
+            results.push(call.await.unwrap());
+        }
+        let first = results[0].0.id;
+        assert!(results.iter().all(|(p, _)| p.id == first));
+        assert_eq!(results.iter().filter(|(_, created)| *created).count(), 1);
+        // No orphan: the losers' principals were rolled back with their links.
+        assert_eq!(store.principals_named("Dana").await.unwrap().len(), 1);
+        let again = store
+            .principal_for_identity("slack", "T1", "U9", "Someone else")
+            .await
+            .unwrap();
+        assert_eq!((again.0.id, again.1), (first, false));
+    }
+);
