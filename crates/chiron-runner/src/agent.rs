@@ -656,7 +656,7 @@ fn reaper(pending: Pending, spawned: Spawned) {
 /// One call's pipes, served on the call's own thread with poll(2): the JSON input is fed to
 /// stdin, stdout is kept up to [`MAX_STDOUT`] and stderr's last [`STDERR_TAIL`] bytes, while
 /// the [`Exit`] pipe tells when the process exits. One thread per call instead of one per
-/// pipe: starting threads was most of what a warm call cost inside the sandbox.
+/// pipe as well.
 struct CallPipes {
     stdin: Option<std::process::ChildStdin>,
     input: Vec<u8>,
@@ -670,9 +670,9 @@ struct CallPipes {
 /// How a [`CallPipes::pump`] ended.
 #[derive(Debug, PartialEq, Eq)]
 enum Pumped {
-    /// Both output streams ended (and the process exited, when its exit was watched).
+    /// Both output streams ended (a pump that does not watch the exit).
     Done,
-    /// The process exited; its streams may still be open (held by descendants).
+    /// The process exited (a pump that watches it); its streams may still be open.
     Exited,
     /// The deadline passed.
     TimedOut,
@@ -707,9 +707,8 @@ impl CallPipes {
         }
     }
 
-    /// Moves data until the streams end and, with `exit` (the read end of the call's exit
-    /// pipe), the process has exited; or until `deadline`. Returns [`Pumped::Exited`] as soon
-    /// as the process exits.
+    /// Moves data until `deadline`, ending early: with `exit` (the read end of the call's
+    /// exit pipe) as soon as the process exits, without it once both output streams ended.
     fn pump(&mut self, exit: Option<&std::os::fd::OwnedFd>, deadline: Instant) -> Pumped {
         use std::os::fd::AsRawFd;
         loop {
