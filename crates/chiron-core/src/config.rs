@@ -50,8 +50,12 @@ pub struct ServerConfig {
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     /// Threads serving HTTP, each with its own single-threaded runtime; 0 means one per CPU.
+    /// At most [`MAX_HTTP_THREADS`].
     pub http_threads: usize,
 }
+
+/// The most HTTP threads `server.http_threads` may ask for.
+pub const MAX_HTTP_THREADS: usize = 256;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -395,6 +399,12 @@ impl Config {
             || self.database.url.starts_with("postgresql://"))
         {
             return bad("database.url", "must start with sqlite: or postgres://");
+        }
+        if self.server.http_threads > MAX_HTTP_THREADS {
+            return bad(
+                "server.http_threads",
+                &format!("must be at most {MAX_HTTP_THREADS} (0 means one per CPU)"),
+            );
         }
         if self.database.max_connections == 0 {
             return bad("database.max_connections", "must be at least 1");

@@ -64,6 +64,8 @@ fn bad_values_name_their_key() {
     assert!(message.contains("auth.cache_ttl"), "{message}");
     let message = load_error("[auth]\ncache_ttl = \"1h\"\n");
     assert!(message.contains("auth.cache_ttl"), "{message}");
+    let message = load_error("[server]\nhttp_threads = 100000\n");
+    assert!(message.contains("server.http_threads"), "{message}");
     let message = load_error("[server]\nlisten_addr = \"127.0.0.1:1\"\n");
     assert!(message.contains("listen_addr"), "{message}");
 }
