@@ -441,7 +441,7 @@ fn host_of(authority: &str) -> (String, Option<u16>) {
 fn credential(request: &Request<Incoming>) -> Option<String> {
     let value = request
         .headers()
-        .get("proxy-authorization")?
+        .get(http::header::PROXY_AUTHORIZATION)?
         .to_str()
         .ok()?;
     let encoded = value
@@ -456,26 +456,34 @@ fn credential(request: &Request<Incoming>) -> Option<String> {
 
 /// Hop-by-hop headers, never forwarded in either direction (plus `Proxy-*`).
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
+    use http::header::{
+        CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING,
+        UPGRADE,
+    };
+    if headers.contains_key(CONNECTION) {
+        let listed: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
     }
+    const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+    const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
     for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authorization",
-        "proxy-authenticate",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
+        CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        PROXY_AUTHORIZATION,
+        PROXY_AUTHENTICATE,
+        TE,
+        TRAILER,
+        TRANSFER_ENCODING,
+        UPGRADE,
     ] {
         headers.remove(name);
     }
@@ -484,9 +492,12 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
 /// The `chiron-secret:NAME` placeholders in `text`.
 fn placeholders(text: &str) -> Vec<String> {
     const MARK: &str = "chiron-secret:";
+    // Built once: `str::find` prepares its searcher on every call, for every header value.
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(MARK));
     let mut found = Vec::new();
     let mut rest = text;
-    while let Some(at) = rest.find(MARK) {
+    while let Some(at) = FINDER.find(rest.as_bytes()) {
         let after = &rest[at + MARK.len()..];
         let name: String = after
             .chars()
