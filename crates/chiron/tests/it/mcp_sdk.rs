@@ -461,6 +461,20 @@ fn no_runner_survives_a_killed_gateway() {
     assert!(chiron.ok(&["runner", "stop", "alice"]).contains("stopped"));
     assert_eq!(chiron.ok(&["runner", "list"]).lines().count(), 1);
     assert!(!chiron.run(&["runner", "stop", "alice"]).status.success());
+
+    // A graceful stop with a live runner (its tasks live on the HTTP thread that started it)
+    // stops it too.
+    let results = probe(
+        &url,
+        bearer(&alice),
+        "legacy",
+        json!([{"op": "call", "name": "echo_echo", "arguments": {"text": "z"}}]),
+    );
+    assert_eq!(
+        results[0]["structuredContent"]["arguments"]["text"], "z",
+        "{results:?}"
+    );
+    assert!(!agents_with(&marker).is_empty(), "no runner is running");
     let (code, _) = server.terminate();
     assert_eq!(code, Some(0));
     assert!(
