@@ -27,13 +27,16 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// have stopped.
 #[must_use = "the HTTP threads run until stopped"]
 pub struct HttpThreads {
+    draining: CancellationToken,
     finished: CancellationToken,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl HttpThreads {
-    /// Ends the threads and waits for them.
+    /// Ends the threads, with whatever still runs on them (requests past the grace period),
+    /// and waits for them.
     pub async fn stop(mut self) {
+        self.draining.cancel();
         self.finished.cancel();
         let threads = std::mem::take(&mut self.threads);
         let _ = tokio::task::spawn_blocking(move || {
@@ -47,6 +50,7 @@ impl HttpThreads {
 
 impl Drop for HttpThreads {
     fn drop(&mut self) {
+        self.draining.cancel();
         self.finished.cancel();
     }
 }
@@ -66,6 +70,7 @@ pub async fn serve(
     let finished = CancellationToken::new();
     let mut drained = Vec::new();
     let mut handles = HttpThreads {
+        draining: draining.clone(),
         finished: finished.clone(),
         threads: Vec::new(),
     };
@@ -81,9 +86,18 @@ pub async fn serve(
             .name(format!("chiron-http-{index}"))
             .spawn(move || {
                 runtime.block_on(async move {
-                    let _ = done.send(serve_one(listener, app, draining).await);
-                    finished.cancelled().await;
+                    tokio::select! {
+                        served = serve_one(listener, app, draining) => {
+                            let _ = done.send(served);
+                            finished.cancelled().await;
+                        }
+                        // Stopped while requests still run (the grace period passed).
+                        () = finished.cancelled() => {}
+                    }
                 });
+                // Tasks still on this thread are dropped; a blocking call does not hold up
+                // the exit.
+                runtime.shutdown_timeout(Duration::from_secs(1));
             })?;
         handles.threads.push(thread);
     }

@@ -65,3 +65,49 @@ async fn shutdown_drains_in_flight_requests() {
     let threads = server.await.unwrap().unwrap();
     threads.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_after_the_grace_period_ends_requests_still_running() {
+    let (db_store, _db) = store(Backend::Sqlite).await;
+    let app = TestApp::new(db_store);
+    let (started_tx, mut started_rx) = mpsc::channel::<()>(1);
+    let stuck = Router::new().route(
+        "/stuck",
+        get(move || {
+            let started_tx = started_tx.clone();
+            async move {
+                started_tx.send(()).await.unwrap();
+                std::future::pending::<()>().await;
+                "never"
+            }
+        }),
+    );
+    let app_router = chiron_server::router(app.state.clone()).merge(stuck);
+    let listener = chiron_server::serve::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(chiron_server::serve::serve(
+        listener,
+        app_router,
+        async move {
+            let _ = stop_rx.await;
+        },
+        Duration::from_millis(50),
+        2,
+    ));
+    let in_flight = tokio::spawn(
+        reqwest::Client::new()
+            .get(format!("http://{addr}/stuck"))
+            .send(),
+    );
+    started_rx.recv().await.unwrap();
+
+    stop_tx.send(()).unwrap();
+    // Serving returns once the grace period is over, with the request still running; stopping
+    // the threads ends it instead of waiting for it forever.
+    let threads = server.await.unwrap().unwrap();
+    threads.stop().await;
+    assert!(in_flight.await.unwrap().is_err());
+}
