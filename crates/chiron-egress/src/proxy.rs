@@ -249,6 +249,9 @@ struct Inner {
     ca: Arc<CertificateAuthority>,
     packages: RwLock<Arc<PackageHosts>>,
     client: Client<hyper_rustls::HttpsConnector<Dialer>, ProxyBody>,
+    /// The runtime the proxy was made on: runner listeners are served there, with work
+    /// stealing, rather than on the HTTP thread whose request started the runner.
+    runtime: tokio::runtime::Handle,
 }
 
 /// The egress proxy; cheap to clone.
@@ -310,6 +313,7 @@ impl EgressProxy {
                 ca,
                 packages: RwLock::new(Arc::default()),
                 client,
+                runtime: tokio::runtime::Handle::current(),
             }),
         })
     }
@@ -367,7 +371,16 @@ impl EgressProxy {
 impl EgressHook for EgressProxy {
     fn serve(&self, runner: Arc<RunnerEgress>, listener: TcpListener, stop: CancellationToken) {
         let proxy = self.clone();
-        tokio::spawn(async move {
+        // Moved to this runtime's reactor: the listener may come from another runtime.
+        let listener = listener.into_std();
+        self.inner.runtime.spawn(async move {
+            let listener = match listener.and_then(TcpListener::from_std) {
+                Ok(listener) => listener,
+                Err(err) => {
+                    tracing::error!(runner = %runner.runner_id, error = %err, "egress listener unusable");
+                    return;
+                }
+            };
             loop {
                 let accepted = tokio::select! {
                     accepted = listener.accept() => accepted,
