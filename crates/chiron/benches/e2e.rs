@@ -3,7 +3,7 @@
 //! (2025-11-25) and stateless (2026-07-28) protocol forms, for a `command` tool (`/bin/true`)
 //! and an `mcp-stdio` tool, against baselines measured in the same run: plain exec of the same
 //! program on the host, and the same stdio server called directly. Also the gateway's CPU time
-//! per call (from /proc of the server process).
+//! per call (the server process's CPU clock, in nanoseconds).
 //!
 //! Run: `cargo bench -p chiron --bench e2e` (as root, like the sandboxes need);
 //! `CHIRON_BENCH_CALLS` (default 300); `CHIRON_BENCH_ONLY=stateless/stdio_ping` (form/tool)
@@ -32,22 +32,21 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .unwrap_or_default();
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
+/// CPU time a process (all its threads, live or gone) has used, in nanoseconds: its CPU
+/// clock, not `/proc/<pid>/stat`, whose 10 ms ticks would round 300 calls to 33 µs steps.
+fn cpu_ns(pid: u32) -> u64 {
+    let mut clock: libc::clockid_t = 0;
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
     };
-    // After the command name: state is field 0, utime 11, stime 12.
-    field(11) + field(12)
+    // SAFETY: both calls only write to the locals passed by pointer.
+    let ok = unsafe {
+        libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) == 0
+            && libc::clock_gettime(clock, &mut now) == 0
+    };
+    assert!(ok, "cannot read the server's CPU clock");
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 struct Chiron {
@@ -205,7 +204,6 @@ fn main() {
     }
     std::thread::spawn(move || for _ in lines {});
     let server_pid = server.id();
-    let ticks_per_second = 100.0; // USER_HZ on Linux
 
     // Baselines on the host.
     let mut host = Vec::with_capacity(calls);
@@ -280,14 +278,14 @@ fn main() {
                 for _ in 0..20 {
                     client.call(tool).await;
                 }
-                let ticks = cpu_ticks(server_pid);
+                let cpu_before = cpu_ns(server_pid);
                 let mut samples = Vec::with_capacity(calls);
                 for _ in 0..calls {
                     let started = Instant::now();
                     client.call(tool).await;
                     samples.push(started.elapsed());
                 }
-                let cpu_us = (cpu_ticks(server_pid) - ticks) as f64 / ticks_per_second * 1e6 / calls as f64;
+                let cpu_us = (cpu_ns(server_pid) - cpu_before) as f64 / 1e3 / calls as f64;
                 let (median, tail) = (p50(&mut samples), p99(&mut samples));
                 println!(
                     "{:<52} p50 {:>7.3} ms  p99 {:>7.3} ms  added {:>6.3} ms  gateway CPU {:>5.0} µs/call",
