@@ -186,7 +186,31 @@ impl Store {
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
     }
+
+    /// Appends `rows` to one table in one transaction, [`INSERT_CHUNK`] rows per multi-row
+    /// `INSERT` ([`multi_row_insert`]); `bind` binds one row's `columns` values in order.
+    pub(crate) async fn insert_rows<T>(
+        &self,
+        head: &str,
+        columns: usize,
+        rows: &[T],
+        bind: impl for<'q> Fn(AnyQuery<'q>, &T) -> AnyQuery<'q>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let sql = multi_row_insert(self.backend(), head, columns, chunk.len());
+            let query = chunk
+                .iter()
+                .fold(sqlx::query(&sql), |query, row| bind(query, row));
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }
+
+/// A query on the `Any` driver, as [`Store::insert_rows`] hands it to its binder.
+pub(crate) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
 /// Rows per multi-row `INSERT`: well under both SQLite's (32766) and PostgreSQL's (65535)
 /// bound on parameters per statement for the widest audit table.

@@ -285,19 +285,13 @@ impl Store {
     /// Appends egress audit rows: one statement per [`crate::INSERT_CHUNK`] rows, all in one
     /// transaction.
     pub async fn record_egress_batch(&self, records: &[EgressRecord]) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
-        for chunk in records.chunks(crate::INSERT_CHUNK) {
-            let sql = crate::multi_row_insert(
-                self.backend(),
-                "INSERT INTO egress_requests (id, at, principal_id, runner_id, package, call_id,
-                     method, host, path, status, bytes_in, bytes_out, duration_ms, injected,
-                     outcome)",
-                15,
-                chunk.len(),
-            );
-            let mut query = sqlx::query(&sql);
-            for record in chunk {
-                query = query
+        self.insert_rows(
+            "INSERT INTO egress_requests (id, at, principal_id, runner_id, package, call_id,
+                 method, host, path, status, bytes_in, bytes_out, duration_ms, injected, outcome)",
+            15,
+            records,
+            |query, record| {
+                query
                     .bind(uuid::Uuid::now_v7().to_string())
                     .bind(to_millis(record.at))
                     .bind(record.principal_id.to_string())
@@ -312,12 +306,10 @@ impl Store {
                     .bind(record.bytes_out)
                     .bind(record.duration_ms)
                     .bind(record.injected.join(","))
-                    .bind(record.outcome.clone());
-            }
-            query.execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+                    .bind(record.outcome.clone())
+            },
+        )
+        .await
     }
 
     /// Egress audit rows, newest first: all, or one call's.

@@ -64,18 +64,13 @@ impl Store {
 
     /// Appends call audit rows in one transaction.
     pub async fn record_tool_calls(&self, calls: &[ToolCallRecord]) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
-        for chunk in calls.chunks(crate::INSERT_CHUNK) {
-            let sql = crate::multi_row_insert(
-                self.backend(),
-                "INSERT INTO tool_calls (id, at, principal_id, token_id, tool, package, arg_keys,
-                     arg_bytes, arg_values, outcome, duration_ms, runner_id, call_id)",
-                13,
-                chunk.len(),
-            );
-            let mut query = sqlx::query(&sql);
-            for call in chunk {
-                query = query
+        self.insert_rows(
+            "INSERT INTO tool_calls (id, at, principal_id, token_id, tool, package, arg_keys,
+                 arg_bytes, arg_values, outcome, duration_ms, runner_id, call_id)",
+            13,
+            calls,
+            |query, call| {
+                query
                     .bind(uuid::Uuid::now_v7().to_string())
                     .bind(to_millis(call.at))
                     .bind(call.principal_id.to_string())
@@ -88,12 +83,10 @@ impl Store {
                     .bind(call.outcome.clone())
                     .bind(call.duration_ms)
                     .bind(call.runner_id.clone())
-                    .bind(call.call_id.clone());
-            }
-            query.execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+                    .bind(call.call_id.clone())
+            },
+        )
+        .await
     }
 
     /// Recorded calls matching `filter`, newest first.
