@@ -199,9 +199,7 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         for chunk in rows.chunks(INSERT_CHUNK) {
             let sql = multi_row_insert(self.backend(), head, columns, chunk.len());
-            let query = chunk
-                .iter()
-                .fold(sqlx::query(&sql), |query, row| bind(query, row));
+            let query = chunk.iter().fold(sqlx::query(&sql), &bind);
             query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
