@@ -894,11 +894,7 @@ impl EgressProxy {
                         audit.finish(StatusCode::FORBIDDEN, "denied_address");
                         refusal(StatusCode::FORBIDDEN, "destination_ip_prohibited", &details)
                     }
-                    None => {
-                        let details = format!("{host}: {}", error_chain(&err));
-                        audit.finish(StatusCode::BAD_GATEWAY, "upstream_error");
-                        refusal(StatusCode::BAD_GATEWAY, "destination_unavailable", &details)
-                    }
+                    None => upstream_failed(audit, &host, &err),
                 };
             }
         };
@@ -932,17 +928,15 @@ impl EgressProxy {
                 Ok(collected) => collected.to_bytes(),
                 Err(err) => {
                     audit.record.bytes_out = sent.load(std::sync::atomic::Ordering::Relaxed) as i64;
-                    let details = format!("{host}: {}", error_chain(&err));
-                    audit.finish(StatusCode::BAD_GATEWAY, "upstream_error");
-                    return refusal(StatusCode::BAD_GATEWAY, "destination_unavailable", &details);
+                    return upstream_failed(audit, &host, &err);
                 }
             };
+            audit.record.bytes_in = received.len() as i64;
             let clean = if !patterns.is_empty() && patterns.found_in(&received) {
                 Bytes::from(patterns.scrub(&received))
             } else {
-                received.clone()
+                received
             };
-            audit.record.bytes_in = received.len() as i64;
             audit.record.bytes_out = sent.load(std::sync::atomic::Ordering::Relaxed) as i64;
             audit.finish(parts.status, "ok");
             parts
@@ -1062,6 +1056,17 @@ fn inject(
         }
     }
     Ok(injected)
+}
+
+/// Audits and answers a request the upstream failed (connection, TLS or a broken body).
+fn upstream_failed(
+    audit: Audit,
+    host: &str,
+    err: &(dyn std::error::Error + 'static),
+) -> Response<ProxyBody> {
+    let details = format!("{host}: {}", error_chain(err));
+    audit.finish(StatusCode::BAD_GATEWAY, "upstream_error");
+    refusal(StatusCode::BAD_GATEWAY, "destination_unavailable", &details)
 }
 
 fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {

@@ -94,10 +94,15 @@ impl Freshness {
         Some(Seen { generation, marker })
     }
 
-    /// Records a change committed by this process.
-    fn bump(&self) {
+    /// Makes every cached entry stale.
+    fn advance(&self) {
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Records a change committed by this process.
+    fn bump(&self) {
+        self.advance();
         let Some(marker) = &self.marker else { return };
         // One byte per change, appended atomically whoever writes: the length only grows.
         let written = std::fs::OpenOptions::new()
@@ -150,9 +155,7 @@ impl Secrets {
     /// Forgets what is cached: storage changed in a way this process did not make (a change
     /// notification from another replica, or a lost notification connection).
     pub fn changed_elsewhere(&self) {
-        self.freshness
-            .generation
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.freshness.advance();
     }
 
     /// A secret store with a given keyring (tests, tools).

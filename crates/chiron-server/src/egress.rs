@@ -19,7 +19,7 @@ pub fn master_key_file(config: &Config) -> PathBuf {
         .unwrap_or_else(|| config.server.data_dir.join("master.key"))
 }
 
-/// The file every process on this host rewrites after changing a secret (see
+/// The file every process on this host appends to after changing a secret (see
 /// [`Secrets::with_change_marker`]).
 pub fn secrets_marker(config: &Config) -> PathBuf {
     std::fs::canonicalize(&config.server.data_dir)
