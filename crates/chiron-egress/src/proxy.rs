@@ -20,9 +20,9 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::Bytes;
@@ -238,6 +238,152 @@ impl tower_service::Service<Uri> for Dialer {
     }
 }
 
+/// How many idle upstream connections wait per `host:port` between tunnels.
+const IDLE_PER_HOST: usize = 8;
+
+/// How long an idle upstream connection waits for the next tunnel.
+const IDLE_FOR: Duration = Duration::from_secs(90);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One upstream HTTP/1.1 connection's request side.
+type Sender = hyper::client::conn::http1::SendRequest<ProxyBody>;
+
+/// Upstream connections of intercepted HTTP/1.1 tunnels. A tunnel's requests come one after
+/// another, so the tunnel keeps one upstream connection for all of them (no pool checkout per
+/// request, see [`TunnelUpstream`]); when the tunnel ends, its connection waits here for the
+/// next tunnel to the same `host:port`, so a tool that opens a tunnel per request (curl,
+/// `urllib`) still reuses one upstream TLS session.
+struct Upstreams {
+    /// Dial policy, then TLS offering only HTTP/1.1.
+    connector: hyper_rustls::HttpsConnector<Dialer>,
+    idle: Mutex<HashMap<String, Vec<(Instant, Sender)>>>,
+    /// How many idle connections wait (after the last park or take).
+    parked: tokio::sync::watch::Sender<usize>,
+}
+
+impl Upstreams {
+    fn idle(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<(Instant, Sender)>>> {
+        self.idle
+            .lock()
+            .expect("invariant: the idle upstream lock is never poisoned")
+    }
+
+    /// An idle connection to `authority` that can take a request now.
+    fn take(&self, authority: &str) -> Option<Sender> {
+        let mut idle = self.idle();
+        let parked = idle.get_mut(authority)?;
+        let mut found = None;
+        while let Some((since, sender)) = parked.pop() {
+            if since.elapsed() < IDLE_FOR && sender.is_ready() {
+                found = Some(sender);
+                break;
+            }
+        }
+        self.parked.send_replace(idle.values().map(Vec::len).sum());
+        found
+    }
+
+    /// Keeps `sender` for the next tunnel to `authority`, if it can take another request.
+    fn park(&self, authority: String, sender: Sender) {
+        if !sender.is_ready() {
+            return;
+        }
+        let mut idle = self.idle();
+        let parked = idle.entry(authority).or_default();
+        parked.retain(|(since, sender)| since.elapsed() < IDLE_FOR && !sender.is_closed());
+        if parked.len() < IDLE_PER_HOST {
+            parked.push((Instant::now(), sender));
+        }
+        self.parked.send_replace(idle.values().map(Vec::len).sum());
+    }
+
+    /// A new connection to `host:port`, through the dial policy and verified TLS.
+    async fn dial(&self, host: &str, port: u16) -> Result<Sender, BoxError> {
+        let uri: Uri = format!("https://{host}:{port}").parse()?;
+        let io = tower_service::Service::call(&mut self.connector.clone(), uri).await?;
+        let (sender, connection) = hyper::client::conn::http1::Builder::new()
+            // Head and body in one buffer: over TLS each written slice becomes its own record.
+            .writev(false)
+            .handshake(io)
+            .await?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "egress upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// The upstream side of one HTTP/1.1 tunnel: one connection, taken from the idle ones or
+/// dialled on the first request, kept for the tunnel's later requests, parked when it ends.
+struct TunnelUpstream {
+    proxy: EgressProxy,
+    host: String,
+    port: u16,
+    sender: Mutex<Option<Sender>>,
+}
+
+impl TunnelUpstream {
+    fn authority(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Sender>> {
+        self.sender
+            .lock()
+            .expect("invariant: a tunnel's upstream lock is never poisoned")
+    }
+
+    /// Sends `request` (origin-form, with `Host`). A connection that turns out closed before
+    /// the request went out is replaced once by a new one.
+    async fn send(&self, mut request: Request<ProxyBody>) -> Result<Response<Incoming>, BoxError> {
+        let upstreams = &self.proxy.inner.upstreams;
+        for _ in 0..2 {
+            let kept = self.slot().take();
+            let reused = kept.or_else(|| upstreams.take(&self.authority()));
+            let mut sender = match reused {
+                Some(mut sender) => match sender.ready().await {
+                    Ok(()) => sender,
+                    Err(_) => upstreams.dial(&self.host, self.port).await?,
+                },
+                None => upstreams.dial(&self.host, self.port).await?,
+            };
+            let sent = sender.try_send_request(request);
+            *self.slot() = Some(sender);
+            match sent.await {
+                Ok(response) => return Ok(response),
+                Err(mut err) => match err.take_message() {
+                    Some(unsent) => {
+                        self.slot().take();
+                        request = unsent;
+                    }
+                    None => return Err(err.into_error().into()),
+                },
+            }
+        }
+        Err("the upstream closed the connection twice before the request went out".into())
+    }
+}
+
+impl Drop for TunnelUpstream {
+    fn drop(&mut self) {
+        let kept = self.sender.get_mut().map(Option::take).unwrap_or_default();
+        if let Some(sender) = kept {
+            self.proxy.inner.upstreams.park(self.authority(), sender);
+        }
+    }
+}
+
+/// How a request reaches its upstream.
+enum Via<'a> {
+    /// The shared pool (plain HTTP, HTTP/2 tunnels): absolute URI, HTTP/1.1 or HTTP/2.
+    Pool,
+    /// The tunnel's own HTTP/1.1 connection.
+    Tunnel(&'a TunnelUpstream),
+}
+
 /// What each package may reach, from the loaded manifests.
 pub type PackageHosts = HashMap<String, Vec<EgressHost>>;
 
@@ -249,6 +395,8 @@ struct Inner {
     ca: Arc<CertificateAuthority>,
     packages: RwLock<Arc<PackageHosts>>,
     client: Client<hyper_rustls::HttpsConnector<Dialer>, ProxyBody>,
+    /// Upstream connections of HTTP/1.1 tunnels (see [`TunnelUpstream`]).
+    upstreams: Upstreams,
     /// The runtime the proxy was made on: runner listeners are served there, with work
     /// stealing, rather than on the HTTP thread whose request started the runner.
     runtime: tokio::runtime::Handle,
@@ -290,10 +438,15 @@ impl EgressProxy {
             settings: Arc::new(settings),
         };
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
+            .with_tls_config(tls.clone())
             .https_or_http()
             .enable_http1()
             .enable_http2()
+            .wrap_connector(dialer.clone());
+        let tunnel_connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
             .wrap_connector(dialer);
         // Head and body in one buffer: over TLS each written slice becomes its own record.
         let client = Client::builder(TokioExecutor::new())
@@ -313,6 +466,11 @@ impl EgressProxy {
                 ca,
                 packages: RwLock::new(Arc::default()),
                 client,
+                upstreams: Upstreams {
+                    connector: tunnel_connector,
+                    idle: Mutex::default(),
+                    parked: tokio::sync::watch::Sender::new(0),
+                },
                 runtime: tokio::runtime::Handle::current(),
             }),
         })
@@ -321,6 +479,12 @@ impl EgressProxy {
     /// Waits until every egress row recorded so far is in storage.
     pub async fn flush_audit(&self) {
         self.inner.audit.flush().await;
+    }
+
+    /// The number of idle upstream connections kept for the next tunnel to their host,
+    /// updated as tunnels end and begin.
+    pub fn idle_upstreams(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.inner.upstreams.parked.subscribe()
     }
 
     /// Replaces what packages may reach (after loading or reloading tool packages).
@@ -684,7 +848,9 @@ impl EgressProxy {
         }
         if !is_connect {
             let port = port.unwrap_or(80);
-            return self.forward(caller, host, port, false, request).await;
+            return self
+                .forward(&caller, &host, port, false, Via::Pool, request)
+                .await;
         }
         let port = port.unwrap_or(443);
         let leaf = match self.inner.ca.leaf(&host) {
@@ -775,15 +941,62 @@ impl EgressProxy {
                 return;
             }
         };
-        let proxy = self.clone();
+        // The client chose the protocol (ALPN). HTTP/1.1 requests come one at a time, so the
+        // tunnel has its own upstream connection; HTTP/2 multiplexes, so it uses the pool.
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            let tunnel = Arc::new((self.clone(), caller, host));
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let tunnel = tunnel.clone();
+                async move {
+                    let (proxy, caller, host) = &*tunnel;
+                    Ok::<_, Infallible>(
+                        proxy
+                            .forward(caller, host, port, true, Via::Pool, request)
+                            .await,
+                    )
+                }
+            });
+            let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+            if let Err(err) = served {
+                tracing::debug!(error = %err, "egress tunnel ended");
+            }
+            return;
+        }
+        let tunnel = Arc::new((
+            caller,
+            TunnelUpstream {
+                proxy: self.clone(),
+                host,
+                port,
+                sender: Mutex::new(None),
+            },
+        ));
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            let (proxy, caller, host) = (proxy.clone(), caller.clone(), host.clone());
-            async move { Ok::<_, Infallible>(proxy.forward(caller, host, port, true, request).await) }
+            let tunnel = tunnel.clone();
+            async move {
+                let (caller, upstream) = &*tunnel;
+                Ok::<_, Infallible>(
+                    upstream
+                        .proxy
+                        .forward(
+                            caller,
+                            &upstream.host,
+                            port,
+                            true,
+                            Via::Tunnel(upstream),
+                            request,
+                        )
+                        .await,
+                )
+            }
         });
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        // Head and body in one buffer: over TLS each written slice becomes its own record.
-        builder.http1().writev(false);
-        let served = builder.serve_connection(TokioIo::new(tls), service).await;
+        let served = hyper::server::conn::http1::Builder::new()
+            // Head and body in one buffer: over TLS each written slice becomes its own record.
+            .writev(false)
+            .serve_connection(TokioIo::new(tls), service)
+            .await;
         if let Err(err) = served {
             tracing::debug!(error = %err, "egress tunnel ended");
         }
@@ -792,20 +1005,21 @@ impl EgressProxy {
     /// Checks, injects, forwards and scrubs one request to `host:port`.
     async fn forward(
         &self,
-        caller: Caller,
-        host: String,
+        caller: &Caller,
+        host: &str,
         port: u16,
         tls: bool,
+        via: Via<'_>,
         request: Request<Incoming>,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = request.into_parts();
         let path = parts.uri.path().to_owned();
         let mut audit = Audit::new(
             &self.inner.audit,
-            Some(&caller),
+            Some(caller),
             &caller.runner,
             &parts.method,
-            &host,
+            host,
             &path,
         );
 
@@ -815,9 +1029,8 @@ impl EgressProxy {
                 .headers
                 .get(http::header::HOST)
                 .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-                .or_else(|| parts.uri.authority().map(|a| a.to_string()));
-            let agrees = named.as_deref().is_some_and(|authority| {
+                .or_else(|| parts.uri.authority().map(|a| a.as_str()));
+            let agrees = named.is_some_and(|authority| {
                 let (named_host, named_port) = host_of(authority);
                 named_host == host && named_port.is_none_or(|p| p == port)
             });
@@ -863,38 +1076,82 @@ impl EgressProxy {
             }
         }
 
-        let scheme = if tls { "https" } else { "http" };
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        let upstream = format!("{scheme}://{host}:{port}{path_and_query}");
-        parts.uri = match upstream.parse() {
-            Ok(uri) => uri,
-            Err(_) => {
-                audit.finish(StatusCode::BAD_REQUEST, "bad_request");
-                return refusal(StatusCode::BAD_REQUEST, "http_request_error", "bad target");
-            }
-        };
         parts.version = http::Version::HTTP_11;
-        parts.headers.remove(http::header::HOST);
+        match via {
+            // The pool routes by an absolute URI and writes `Host` from it.
+            Via::Pool => {
+                let scheme = if tls { "https" } else { "http" };
+                let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                parts.uri = match format!("{scheme}://{host}:{port}{path_and_query}").parse() {
+                    Ok(uri) => uri,
+                    Err(_) => {
+                        audit.finish(StatusCode::BAD_REQUEST, "bad_request");
+                        return refusal(
+                            StatusCode::BAD_REQUEST,
+                            "http_request_error",
+                            "bad target",
+                        );
+                    }
+                };
+                parts.headers.remove(http::header::HOST);
+            }
+            // The tunnel's connection is already to the host: origin-form and the `Host` the
+            // client sent (checked above to name the CONNECT target).
+            Via::Tunnel(_) => {
+                if parts.uri.authority().is_some() {
+                    if !parts.headers.contains_key(http::header::HOST) {
+                        let authority = parts.uri.authority().map(|a| a.as_str()).unwrap_or(host);
+                        if let Ok(value) = HeaderValue::from_str(authority) {
+                            parts.headers.insert(http::header::HOST, value);
+                        }
+                    }
+                    let mut origin = http::uri::Parts::default();
+                    origin.path_and_query = Some(
+                        parts
+                            .uri
+                            .path_and_query()
+                            .cloned()
+                            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+                    );
+                    parts.uri = match Uri::from_parts(origin) {
+                        Ok(uri) => uri,
+                        Err(_) => {
+                            audit.finish(StatusCode::BAD_REQUEST, "bad_request");
+                            return refusal(
+                                StatusCode::BAD_REQUEST,
+                                "http_request_error",
+                                "bad target",
+                            );
+                        }
+                    };
+                }
+            }
+        }
         let is_head = parts.method == Method::HEAD;
         let counted = Counted::new(body.boxed());
         let sent = counted.bytes.clone();
         let request = Request::from_parts(parts, counted.boxed());
 
-        let response = match self.inner.client.request(request).await {
+        let response = match via {
+            Via::Pool => self
+                .inner
+                .client
+                .request(request)
+                .await
+                .map_err(BoxError::from),
+            Via::Tunnel(upstream) => upstream.send(request).await,
+        };
+        let response = match response {
             Ok(response) => response,
             Err(err) => {
-                let refused = dial_refusal(&err);
+                let refused = dial_refusal(&*err);
                 audit.record.bytes_out = sent.load(std::sync::atomic::Ordering::Relaxed) as i64;
                 return match refused {
                     Some(details) => {
                         audit.finish(StatusCode::FORBIDDEN, "denied_address");
                         refusal(StatusCode::FORBIDDEN, "destination_ip_prohibited", &details)
                     }
-                    None => upstream_failed(audit, &host, &err),
+                    None => upstream_failed(audit, host, &*err),
                 };
             }
         };
@@ -928,7 +1185,7 @@ impl EgressProxy {
                 Ok(collected) => collected.to_bytes(),
                 Err(err) => {
                     audit.record.bytes_out = sent.load(std::sync::atomic::Ordering::Relaxed) as i64;
-                    return upstream_failed(audit, &host, &err);
+                    return upstream_failed(audit, host, &err);
                 }
             };
             audit.record.bytes_in = received.len() as i64;

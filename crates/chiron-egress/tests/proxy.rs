@@ -251,3 +251,214 @@ async fn a_credential_is_refused_on_another_runners_listener() {
         .iter()
         .any(|r| r.outcome == "unauthenticated" && r.runner_id == "runner-b"));
 }
+
+/// A local HTTPS upstream for `host` with a CA of its own: answers every request with the
+/// `Authorization` it received, and closes the connection after answering `/close`. Counts
+/// the TCP connections it accepts.
+async fn counting_upstream(
+    host: &str,
+) -> (
+    std::net::SocketAddr,
+    String,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec![host.to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service =
+                    hyper::service::service_fn(|request: hyper::Request<hyper::body::Incoming>| {
+                        let seen = request
+                            .headers()
+                            .get("authorization")
+                            .map(|v| v.to_str().unwrap().to_owned())
+                            .unwrap_or_default();
+                        let mut response = hyper::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from(seen),
+                        ));
+                        if request.uri().path() == "/close" {
+                            response
+                                .headers_mut()
+                                .insert("connection", "close".parse().unwrap());
+                        }
+                        async { Ok::<_, std::convert::Infallible>(response) }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (addr, ca.pem(), accepted)
+}
+
+#[tokio::test]
+async fn a_tunnel_keeps_one_upstream_connection_and_hands_it_to_the_next_tunnel() {
+    use chiron_store::grants::GrantSubject;
+    use chiron_tools::{EgressHost, Injection, SecretInjection};
+    use rustls_pki_types::pem::PemObject;
+    use std::sync::atomic::Ordering;
+
+    const HOST: &str = "api.reuse.test";
+    let (upstream, upstream_ca, accepted) = counting_upstream(HOST).await;
+    let (db, _guard) = store(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Arc::new(CertificateAuthority::load_or_create(dir.path()).unwrap());
+    let secrets = Arc::new(Secrets::with_keyring(
+        db.clone(),
+        Keyring::single(MasterKey::from_bytes(&[1; 32])),
+    ));
+    let alice = db.create_principal("alice").await.unwrap();
+    db.add_grant("reuse", GrantSubject::Principal(alice.id), Actor::cli())
+        .await
+        .unwrap();
+    secrets
+        .set(
+            "REUSE_TOKEN",
+            SecretOwner::Principal(alice.id),
+            "reuse-secret",
+            Actor::cli(),
+        )
+        .await
+        .unwrap();
+    let mut settings = EgressSettings::default();
+    settings
+        .allowed_networks
+        .push(("127.0.0.1".parse().unwrap(), 32));
+    settings.resolve.insert(HOST.to_owned(), upstream);
+    settings
+        .extra_ca
+        .push(rustls_pki_types::CertificateDer::from_pem_slice(upstream_ca.as_bytes()).unwrap());
+    let proxy = EgressProxy::new(db.clone(), secrets, ca.clone(), settings).unwrap();
+    let mut hosts = chiron_egress::proxy::PackageHosts::new();
+    hosts.insert(
+        "reuse".into(),
+        vec![EgressHost {
+            host: HOST.into(),
+            path_prefix: "/".into(),
+            secrets: vec![SecretInjection {
+                name: "REUSE_TOKEN".into(),
+                injection: Injection::Header {
+                    header: "Authorization".into(),
+                    template: "Bearer {value}".into(),
+                },
+            }],
+        }],
+    );
+    proxy.set_packages(hosts);
+    let runner = Arc::new(RunnerEgress {
+        runner_id: "runner-reuse".into(),
+        principal: PrincipalId(alice.id.0),
+        credentials: Arc::new(Credentials::default()),
+    });
+    let guard = runner.credentials.issue(ProcessIdentity {
+        package: "reuse".into(),
+        call_id: None,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = guard.proxy_url().replace(
+        "127.0.0.1:3128",
+        &listener.local_addr().unwrap().to_string(),
+    );
+    let stop = CancellationToken::new();
+    proxy.serve(runner, listener, stop.clone());
+    let client = || {
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+            .proxy(reqwest::Proxy::all(&proxy_url).unwrap())
+            .http1_only()
+            .build()
+            .unwrap()
+    };
+    let get = |client: reqwest::Client, path: &'static str| async move {
+        let response = client
+            .get(format!("https://{HOST}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+        response.text().await.unwrap()
+    };
+
+    // One tunnel: its requests share one upstream connection, and the secret is injected
+    // into each (the upstream answers with what it got; the proxy scrubs it on the way back).
+    let first = client();
+    for _ in 0..3 {
+        assert_eq!(
+            get(first.clone(), "/items").await,
+            "Bearer [redacted by chiron]"
+        );
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    // The upstream closes its connection after this answer: the tunnel's next request goes
+    // over a new one.
+    get(first.clone(), "/close").await;
+    assert_eq!(
+        get(first.clone(), "/items").await,
+        "Bearer [redacted by chiron]"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+
+    // When the tunnel ends, its connection waits for the next tunnel to the host.
+    let mut idle = proxy.idle_upstreams();
+    drop(first);
+    idle.wait_for(|parked| *parked == 1).await.unwrap();
+    assert_eq!(get(client(), "/items").await, "Bearer [redacted by chiron]");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+
+    // A client that speaks HTTP/2 to the proxy is served too (over the shared pool).
+    let h2 = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+        .proxy(reqwest::Proxy::all(&proxy_url).unwrap())
+        .build()
+        .unwrap();
+    let response = h2
+        .get(format!("https://{HOST}/items"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(
+        response.text().await.unwrap(),
+        "Bearer [redacted by chiron]"
+    );
+
+    stop.cancel();
+    proxy.flush_audit().await;
+    let rows = db.egress_requests(None, 10).await.unwrap();
+    assert_eq!(rows.len(), 7);
+    assert!(rows
+        .iter()
+        .all(|r| r.status == 200 && r.injected == ["REUSE_TOKEN"]));
+    drop(guard);
+}
