@@ -36,6 +36,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use chiron_core::time_util::now;
+use chiron_core::PrincipalId;
 use chiron_runner::egress::{EgressHook, ProcessIdentity, RunnerEgress};
 use chiron_store::batch::BatchWriter;
 use chiron_store::secrets::EgressRecord;
@@ -252,8 +253,9 @@ type Sender = hyper::client::conn::http1::SendRequest<ProxyBody>;
 /// Upstream connections of intercepted HTTP/1.1 tunnels. A tunnel's requests come one after
 /// another, so the tunnel keeps one upstream connection for all of them (no pool checkout per
 /// request, see [`TunnelUpstream`]); when the tunnel ends, its connection waits here for the
-/// next tunnel to the same `host:port`, so a tool that opens a tunnel per request (curl,
-/// `urllib`) still reuses one upstream TLS session.
+/// same principal's next tunnel to the same `host:port`, so a tool that opens a tunnel per
+/// request (curl, `urllib`) still reuses one upstream TLS session. Principals never share a
+/// connection: a server may tie state to one (connection-bound authentication).
 struct Upstreams {
     /// Dial policy, then TLS offering only HTTP/1.1.
     connector: hyper_rustls::HttpsConnector<Dialer>,
@@ -269,10 +271,10 @@ impl Upstreams {
             .expect("invariant: the idle upstream lock is never poisoned")
     }
 
-    /// An idle connection to `authority` that can take a request now.
-    fn take(&self, authority: &str) -> Option<Sender> {
+    /// An idle connection under `key` that can take a request now.
+    fn take(&self, key: &str) -> Option<Sender> {
         let mut idle = self.idle();
-        let parked = idle.get_mut(authority)?;
+        let parked = idle.get_mut(key)?;
         let mut found = None;
         while let Some((since, sender)) = parked.pop() {
             if since.elapsed() < IDLE_FOR && sender.is_ready() {
@@ -284,13 +286,13 @@ impl Upstreams {
         found
     }
 
-    /// Keeps `sender` for the next tunnel to `authority`, if it can take another request.
-    fn park(&self, authority: String, sender: Sender) {
+    /// Keeps `sender` under `key` for the next tunnel, if it can take another request.
+    fn park(&self, key: String, sender: Sender) {
         if !sender.is_ready() {
             return;
         }
         let mut idle = self.idle();
-        let parked = idle.entry(authority).or_default();
+        let parked = idle.entry(key).or_default();
         parked.retain(|(since, sender)| since.elapsed() < IDLE_FOR && !sender.is_closed());
         if parked.len() < IDLE_PER_HOST {
             parked.push((Instant::now(), sender));
@@ -320,14 +322,16 @@ impl Upstreams {
 /// dialled on the first request, kept for the tunnel's later requests, parked when it ends.
 struct TunnelUpstream {
     proxy: EgressProxy,
+    principal: PrincipalId,
     host: String,
     port: u16,
     sender: Mutex<Option<Sender>>,
 }
 
 impl TunnelUpstream {
-    fn authority(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+    /// Where its connection waits between tunnels: the principal's, for `host:port`.
+    fn idle_key(&self) -> String {
+        format!("{}/{}:{}", self.principal, self.host, self.port)
     }
 
     fn slot(&self) -> std::sync::MutexGuard<'_, Option<Sender>> {
@@ -342,7 +346,7 @@ impl TunnelUpstream {
         let upstreams = &self.proxy.inner.upstreams;
         for _ in 0..2 {
             let kept = self.slot().take();
-            let reused = kept.or_else(|| upstreams.take(&self.authority()));
+            let reused = kept.or_else(|| upstreams.take(&self.idle_key()));
             let mut sender = match reused {
                 Some(mut sender) => match sender.ready().await {
                     Ok(()) => sender,
@@ -371,7 +375,7 @@ impl Drop for TunnelUpstream {
     fn drop(&mut self) {
         let kept = self.sender.get_mut().map(Option::take).unwrap_or_default();
         if let Some(sender) = kept {
-            self.proxy.inner.upstreams.park(self.authority(), sender);
+            self.proxy.inner.upstreams.park(self.idle_key(), sender);
         }
     }
 }
@@ -787,7 +791,7 @@ impl EgressProxy {
                     None => (
                         Arc::new(RunnerEgress {
                             runner_id: String::new(),
-                            principal: chiron_core::PrincipalId(uuid::Uuid::nil()),
+                            principal: PrincipalId(uuid::Uuid::nil()),
                             credentials: Arc::default(),
                         }),
                         None,
@@ -964,10 +968,12 @@ impl EgressProxy {
             }
             return;
         }
+        let principal = caller.runner.principal;
         let tunnel = Arc::new((
             caller,
             TunnelUpstream {
                 proxy: self.clone(),
+                principal,
                 host,
                 port,
                 sender: Mutex::new(None),

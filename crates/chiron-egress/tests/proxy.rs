@@ -436,6 +436,36 @@ async fn a_tunnel_keeps_one_upstream_connection_and_hands_it_to_the_next_tunnel(
     assert_eq!(get(client(), "/items").await, "Bearer [redacted by chiron]");
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 
+    // Another principal's tunnel to the same host never gets that connection (nor the value).
+    idle.wait_for(|parked| *parked == 1).await.unwrap();
+    let bob = db.create_principal("bob").await.unwrap();
+    db.add_grant("reuse", GrantSubject::Principal(bob.id), Actor::cli())
+        .await
+        .unwrap();
+    let bobs_runner = Arc::new(RunnerEgress {
+        runner_id: "runner-bob".into(),
+        principal: PrincipalId(bob.id.0),
+        credentials: Arc::new(Credentials::default()),
+    });
+    let bobs_guard = bobs_runner.credentials.issue(ProcessIdentity {
+        package: "reuse".into(),
+        call_id: None,
+    });
+    let bobs_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bobs_url = bobs_guard.proxy_url().replace(
+        "127.0.0.1:3128",
+        &bobs_listener.local_addr().unwrap().to_string(),
+    );
+    proxy.serve(bobs_runner, bobs_listener, stop.clone());
+    let bobs_client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+        .proxy(reqwest::Proxy::all(&bobs_url).unwrap())
+        .http1_only()
+        .build()
+        .unwrap();
+    assert_eq!(get(bobs_client, "/items").await, "");
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+
     // A client that speaks HTTP/2 to the proxy is served too (over the shared pool).
     let h2 = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
@@ -456,9 +486,10 @@ async fn a_tunnel_keeps_one_upstream_connection_and_hands_it_to_the_next_tunnel(
     stop.cancel();
     proxy.flush_audit().await;
     let rows = db.egress_requests(None, 10).await.unwrap();
-    assert_eq!(rows.len(), 7);
+    assert_eq!(rows.len(), 8);
+    assert!(rows.iter().all(|r| r.status == 200));
     assert!(rows
         .iter()
-        .all(|r| r.status == 200 && r.injected == ["REUSE_TOKEN"]));
-    drop(guard);
+        .all(|r| (r.principal_id == alice.id) == (r.injected == ["REUSE_TOKEN"])));
+    drop((guard, bobs_guard));
 }
