@@ -1090,14 +1090,7 @@ impl EgressProxy {
                 let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
                 parts.uri = match format!("{scheme}://{host}:{port}{path_and_query}").parse() {
                     Ok(uri) => uri,
-                    Err(_) => {
-                        audit.finish(StatusCode::BAD_REQUEST, "bad_request");
-                        return refusal(
-                            StatusCode::BAD_REQUEST,
-                            "http_request_error",
-                            "bad target",
-                        );
-                    }
+                    Err(_) => return bad_target(audit),
                 };
                 parts.headers.remove(http::header::HOST);
             }
@@ -1121,14 +1114,7 @@ impl EgressProxy {
                     );
                     parts.uri = match Uri::from_parts(origin) {
                         Ok(uri) => uri,
-                        Err(_) => {
-                            audit.finish(StatusCode::BAD_REQUEST, "bad_request");
-                            return refusal(
-                                StatusCode::BAD_REQUEST,
-                                "http_request_error",
-                                "bad target",
-                            );
-                        }
+                        Err(_) => return bad_target(audit),
                     };
                 }
             }
@@ -1319,6 +1305,12 @@ fn inject(
         }
     }
     Ok(injected)
+}
+
+/// Audits and answers a request whose target cannot be written as a URI.
+fn bad_target(audit: Audit) -> Response<ProxyBody> {
+    audit.finish(StatusCode::BAD_REQUEST, "bad_request");
+    refusal(StatusCode::BAD_REQUEST, "http_request_error", "bad target")
 }
 
 /// Audits and answers a request the upstream failed (connection, TLS or a broken body).

@@ -322,6 +322,44 @@ async fn counting_upstream(
     (addr, ca.pem(), accepted)
 }
 
+/// Serves a new runner of `principal` on its own listener; returns the credential guard of
+/// one `reuse` tool process and its proxy URL.
+async fn reuse_runner(
+    proxy: &EgressProxy,
+    principal: PrincipalId,
+    stop: &CancellationToken,
+) -> (chiron_runner::egress::CredentialGuard, String) {
+    let runner = Arc::new(RunnerEgress {
+        runner_id: format!("runner-{principal}"),
+        principal,
+        credentials: Arc::new(Credentials::default()),
+    });
+    let guard = runner.credentials.issue(ProcessIdentity {
+        package: "reuse".into(),
+        call_id: None,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = guard.proxy_url().replace(
+        "127.0.0.1:3128",
+        &listener.local_addr().unwrap().to_string(),
+    );
+    proxy.serve(runner, listener, stop.clone());
+    (guard, url)
+}
+
+/// A client that trusts chiron's CA and goes through `proxy_url`.
+fn proxied(ca: &CertificateAuthority, proxy_url: &str, http1_only: bool) -> reqwest::Client {
+    let builder = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+        .proxy(reqwest::Proxy::all(proxy_url).unwrap());
+    let builder = if http1_only {
+        builder.http1_only()
+    } else {
+        builder
+    };
+    builder.build().unwrap()
+}
+
 #[tokio::test]
 async fn a_tunnel_keeps_one_upstream_connection_and_hands_it_to_the_next_tunnel() {
     use chiron_store::grants::GrantSubject;
@@ -376,30 +414,9 @@ async fn a_tunnel_keeps_one_upstream_connection_and_hands_it_to_the_next_tunnel(
         }],
     );
     proxy.set_packages(hosts);
-    let runner = Arc::new(RunnerEgress {
-        runner_id: "runner-reuse".into(),
-        principal: PrincipalId(alice.id.0),
-        credentials: Arc::new(Credentials::default()),
-    });
-    let guard = runner.credentials.issue(ProcessIdentity {
-        package: "reuse".into(),
-        call_id: None,
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy_url = guard.proxy_url().replace(
-        "127.0.0.1:3128",
-        &listener.local_addr().unwrap().to_string(),
-    );
     let stop = CancellationToken::new();
-    proxy.serve(runner, listener, stop.clone());
-    let client = || {
-        reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
-            .proxy(reqwest::Proxy::all(&proxy_url).unwrap())
-            .http1_only()
-            .build()
-            .unwrap()
-    };
+    let (guard, proxy_url) = reuse_runner(&proxy, PrincipalId(alice.id.0), &stop).await;
+    let client = || proxied(&ca, &proxy_url, true);
     let get = |client: reqwest::Client, path: &'static str| async move {
         let response = client
             .get(format!("https://{HOST}{path}"))
@@ -442,36 +459,13 @@ async fn a_tunnel_keeps_one_upstream_connection_and_hands_it_to_the_next_tunnel(
     db.add_grant("reuse", GrantSubject::Principal(bob.id), Actor::cli())
         .await
         .unwrap();
-    let bobs_runner = Arc::new(RunnerEgress {
-        runner_id: "runner-bob".into(),
-        principal: PrincipalId(bob.id.0),
-        credentials: Arc::new(Credentials::default()),
-    });
-    let bobs_guard = bobs_runner.credentials.issue(ProcessIdentity {
-        package: "reuse".into(),
-        call_id: None,
-    });
-    let bobs_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let bobs_url = bobs_guard.proxy_url().replace(
-        "127.0.0.1:3128",
-        &bobs_listener.local_addr().unwrap().to_string(),
-    );
-    proxy.serve(bobs_runner, bobs_listener, stop.clone());
-    let bobs_client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
-        .proxy(reqwest::Proxy::all(&bobs_url).unwrap())
-        .http1_only()
-        .build()
-        .unwrap();
+    let (bobs_guard, bobs_url) = reuse_runner(&proxy, PrincipalId(bob.id.0), &stop).await;
+    let bobs_client = proxied(&ca, &bobs_url, true);
     assert_eq!(get(bobs_client, "/items").await, "");
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
 
     // A client that speaks HTTP/2 to the proxy is served too (over the shared pool).
-    let h2 = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
-        .proxy(reqwest::Proxy::all(&proxy_url).unwrap())
-        .build()
-        .unwrap();
+    let h2 = proxied(&ca, &proxy_url, false);
     let response = h2
         .get(format!("https://{HOST}/items"))
         .send()
