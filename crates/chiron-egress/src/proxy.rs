@@ -239,7 +239,7 @@ impl tower_service::Service<Uri> for Dialer {
     }
 }
 
-/// How many idle upstream connections wait per `host:port` between tunnels.
+/// How many idle upstream connections wait per principal and `host:port` between tunnels.
 const IDLE_PER_HOST: usize = 8;
 
 /// How long an idle upstream connection waits for the next tunnel.
@@ -281,6 +281,9 @@ impl Upstreams {
                 found = Some(sender);
                 break;
             }
+        }
+        if parked.is_empty() {
+            idle.remove(key);
         }
         self.parked.send_replace(idle.values().map(Vec::len).sum());
         found
