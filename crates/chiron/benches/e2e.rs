@@ -6,7 +6,7 @@
 //! per call (the server process's CPU clock, in nanoseconds).
 //!
 //! Run: `cargo bench -p chiron --bench e2e` (as root, like the sandboxes need);
-//! `CHIRON_BENCH_CALLS` (default 300); `CHIRON_BENCH_ONLY=stateless/stdio_ping` (form/tool)
+//! `CHIRON_BENCH_CALLS` (default 1000); `CHIRON_BENCH_ONLY=stateless/stdio_ping` (form/tool)
 //! runs one row, for profiling the server while it runs.
 
 use std::io::{BufRead, BufReader};
@@ -147,7 +147,7 @@ fn main() {
     let calls: usize = std::env::var("CHIRON_BENCH_CALLS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+        .unwrap_or(1000);
     let only = std::env::var("CHIRON_BENCH_ONLY").ok();
     let dir = tempfile::tempdir().unwrap();
     use std::os::unix::fs::PermissionsExt;
