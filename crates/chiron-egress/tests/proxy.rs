@@ -13,6 +13,8 @@ use chiron_store::Backend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+mod support;
+
 #[tokio::test]
 async fn a_principals_own_value_wins_over_the_teams_and_rotation_keeps_values() {
     let (db, _guard) = store(Backend::Sqlite).await;
@@ -262,27 +264,7 @@ async fn counting_upstream(
     String,
     Arc<std::sync::atomic::AtomicUsize>,
 ) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::default();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = params.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec![host.to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let (config, ca_pem) = support::upstream_tls(host);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -319,7 +301,7 @@ async fn counting_upstream(
             });
         }
     });
-    (addr, ca.pem(), accepted)
+    (addr, ca_pem, accepted)
 }
 
 /// Serves a new runner of `principal` on its own listener; returns the credential guard of
