@@ -19,7 +19,7 @@ use bytes::Bytes;
 use chiron_core::{Actor, PrincipalId};
 use chiron_egress::ca::CertificateAuthority;
 use chiron_egress::proxy::package_hosts;
-use chiron_egress::{EgressProxy, EgressSettings, Keyring, MasterKey, Secrets};
+use chiron_egress::{EgressProxy, Keyring, MasterKey, Secrets};
 use chiron_runner::egress::{Credentials, EgressHook, ProcessIdentity, RunnerEgress};
 use chiron_store::grants::GrantSubject;
 use chiron_store::secrets::SecretOwner;
@@ -260,15 +260,7 @@ fn main() {
             )
             .await
             .unwrap();
-        let mut settings = EgressSettings::default();
-        settings
-            .allowed_networks
-            .push(("127.0.0.1".parse().unwrap(), 32));
-        settings.resolve.insert(HOST.to_owned(), upstream);
-        use rustls_pki_types::pem::PemObject;
-        settings.extra_ca.push(
-            rustls_pki_types::CertificateDer::from_pem_slice(upstream_ca.as_bytes()).unwrap(),
-        );
+        let settings = support::local_upstream_settings(HOST, upstream, &upstream_ca);
         let proxy = EgressProxy::new(db.clone(), secrets, ca.clone(), settings).unwrap();
         let package = chiron_tools::ToolPackage {
             dir: dir.path().to_owned(),

@@ -346,7 +346,6 @@ fn proxied(ca: &CertificateAuthority, proxy_url: &str, http1_only: bool) -> reqw
 async fn a_tunnel_keeps_one_upstream_connection_and_hands_it_to_the_next_tunnel() {
     use chiron_store::grants::GrantSubject;
     use chiron_tools::{EgressHost, Injection, SecretInjection};
-    use rustls_pki_types::pem::PemObject;
     use std::sync::atomic::Ordering;
 
     const HOST: &str = "api.reuse.test";
@@ -371,14 +370,7 @@ async fn a_tunnel_keeps_one_upstream_connection_and_hands_it_to_the_next_tunnel(
         )
         .await
         .unwrap();
-    let mut settings = EgressSettings::default();
-    settings
-        .allowed_networks
-        .push(("127.0.0.1".parse().unwrap(), 32));
-    settings.resolve.insert(HOST.to_owned(), upstream);
-    settings
-        .extra_ca
-        .push(rustls_pki_types::CertificateDer::from_pem_slice(upstream_ca.as_bytes()).unwrap());
+    let settings = support::local_upstream_settings(HOST, upstream, &upstream_ca);
     let proxy = EgressProxy::new(db.clone(), secrets, ca.clone(), settings).unwrap();
     let mut hosts = chiron_egress::proxy::PackageHosts::new();
     hosts.insert(
