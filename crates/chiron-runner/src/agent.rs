@@ -236,10 +236,14 @@ pub fn run(spec: AgentSpec) -> ! {
             fail("no go from the gateway");
         }
         step("go received");
-        let err = Command::new("/proc/self/exe")
-            .args(std::env::args_os().skip(1))
-            .env(MAPPED, "1")
-            .exec();
+        // The same program and arguments, under the name it was started with (what `ps`
+        // shows, and what finds a runner's processes).
+        let mut args = std::env::args_os();
+        let mut again = Command::new("/proc/self/exe");
+        if let Some(name) = args.next() {
+            again.arg0(name);
+        }
+        let err = again.args(args).env(MAPPED, "1").exec();
         eprintln!("runner-agent: re-exec: {err}");
         std::process::exit(120);
     }

@@ -89,7 +89,7 @@ fn main() {
         ..(*package).clone()
     });
     let config = LocalConfig {
-        agent: vec![env!("CARGO_BIN_EXE_chiron").into(), "runner-agent".into()],
+        agent: vec![env!("CARGO_BIN_EXE_chiron-runner-agent").into()],
         data_dir: data.path().join("data"),
         mounts: Mounts {
             tools: BTreeMap::from([

@@ -19,8 +19,8 @@ pub async fn run(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
         .await
         .context("opening storage")?;
     let auth = setup::auth_service(&config, store.clone())?;
-    let agent = std::env::current_exe().context("locating the chiron binary for runner agents")?;
-    let agent = vec![agent.display().to_string(), "runner-agent".into()];
+    let exe = std::env::current_exe().context("locating the chiron binary for runner agents")?;
+    let agent = agent_command(&exe);
     if demo && std::env::var_os(chiron_egress::keys::MASTER_KEY_ENV).is_none() {
         // The demo sets up what `chiron init` would: the master key that seals secrets.
         let key_file = chiron_server::egress::master_key_file(&config);
@@ -243,4 +243,34 @@ fn print_handover(config: &Config, token: &str, admin_token: Option<&str>) {
         "Stop with Ctrl-C. Data lives in {}",
         config.server.data_dir.display()
     );
+}
+
+/// How runner agents are started: the slim `chiron-runner-agent` next to the `chiron` binary
+/// when it is there (an idle runner then holds far less memory), else `chiron runner-agent`.
+fn agent_command(exe: &std::path::Path) -> Vec<String> {
+    let slim = exe.with_file_name("chiron-runner-agent");
+    if slim.is_file() {
+        vec![slim.display().to_string()]
+    } else {
+        vec![exe.display().to_string(), "runner-agent".into()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::agent_command;
+
+    #[test]
+    fn the_slim_agent_is_used_when_it_sits_next_to_chiron() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("chiron");
+        std::fs::write(&exe, "").unwrap();
+        assert_eq!(
+            agent_command(&exe),
+            [exe.display().to_string(), "runner-agent".into()]
+        );
+        let slim = dir.path().join("chiron-runner-agent");
+        std::fs::write(&slim, "").unwrap();
+        assert_eq!(agent_command(&exe), [slim.display().to_string()]);
+    }
 }

@@ -51,7 +51,8 @@ fn sandbox() -> Sandbox {
     sandbox_with(true)
 }
 
-/// With `cgroups` false, limits fall back to rlimits.
+/// With `cgroups` false, limits fall back to rlimits; that sandbox's agent is also started the
+/// other way, as `chiron runner-agent` (the slim `chiron-runner-agent` everywhere else).
 fn sandbox_with(cgroups: bool) -> Sandbox {
     // Agent failures are logged by the backend; show them in the test output.
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
@@ -96,7 +97,11 @@ fn sandbox_with(cgroups: bool) -> Sandbox {
         ..(*package).clone()
     });
     let config = LocalConfig {
-        agent: vec![env!("CARGO_BIN_EXE_chiron").into(), "runner-agent".into()],
+        agent: if cgroups {
+            vec![env!("CARGO_BIN_EXE_chiron-runner-agent").into()]
+        } else {
+            vec![env!("CARGO_BIN_EXE_chiron").into(), "runner-agent".into()]
+        },
         data_dir: data.path().join("data"),
         mounts: Mounts {
             tools: BTreeMap::from([("probe".to_owned(), tools), ("fake".to_owned(), stdio_dir)]),
