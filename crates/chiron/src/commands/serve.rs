@@ -21,6 +21,12 @@ pub async fn run(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
     let auth = setup::auth_service(&config, store.clone())?;
     let exe = std::env::current_exe().context("locating the chiron binary for runner agents")?;
     let agent = agent_command(&exe);
+    if agent.len() > 1 {
+        tracing::info!(
+            "no chiron-runner-agent next to the chiron binary: runners start as `chiron runner-agent` \
+             (`cargo build --release` builds the slim agent, which keeps idle runners smaller)"
+        );
+    }
     if demo && std::env::var_os(chiron_egress::keys::MASTER_KEY_ENV).is_none() {
         // The demo sets up what `chiron init` would: the master key that seals secrets.
         let key_file = chiron_server::egress::master_key_file(&config);
