@@ -383,9 +383,38 @@ impl Drop for TunnelUpstream {
     }
 }
 
+type PoolClient = Client<hyper_rustls::HttpsConnector<Dialer>, ProxyBody>;
+
+/// Pooled upstream connections for plain HTTP and HTTP/2 tunnels (which multiplex, so they
+/// cannot keep one connection per tunnel): hyper-util's pool, one per principal, so that, as
+/// with [`Upstreams`], principals never share a connection.
+struct Pools {
+    /// Dial policy, then TLS offering HTTP/2 and HTTP/1.1 (or plain HTTP).
+    connector: hyper_rustls::HttpsConnector<Dialer>,
+    clients: Mutex<HashMap<PrincipalId, PoolClient>>,
+}
+
+impl Pools {
+    /// The principal's pool (a handle to it: clients are cheap to clone).
+    fn client(&self, principal: PrincipalId) -> PoolClient {
+        self.clients
+            .lock()
+            .expect("invariant: the pools lock is never poisoned")
+            .entry(principal)
+            .or_insert_with(|| {
+                Client::builder(TokioExecutor::new())
+                    // Head and body in one buffer: over TLS each written slice becomes its
+                    // own record.
+                    .http1_writev(false)
+                    .build(self.connector.clone())
+            })
+            .clone()
+    }
+}
+
 /// How a request reaches its upstream.
 enum Via<'a> {
-    /// The shared pool (plain HTTP, HTTP/2 tunnels): absolute URI, HTTP/1.1 or HTTP/2.
+    /// The principal's pool (plain HTTP, HTTP/2 tunnels): absolute URI, HTTP/1.1 or HTTP/2.
     Pool,
     /// The tunnel's own HTTP/1.1 connection.
     Tunnel(&'a TunnelUpstream),
@@ -401,7 +430,8 @@ struct Inner {
     secrets: Arc<Secrets>,
     ca: Arc<CertificateAuthority>,
     packages: RwLock<Arc<PackageHosts>>,
-    client: Client<hyper_rustls::HttpsConnector<Dialer>, ProxyBody>,
+    /// Plain HTTP and HTTP/2 tunnels: one connection pool per principal.
+    pools: Pools,
     /// Upstream connections of HTTP/1.1 tunnels (see [`TunnelUpstream`]).
     upstreams: Upstreams,
     /// The runtime the proxy was made on: runner listeners are served there, with work
@@ -455,10 +485,6 @@ impl EgressProxy {
             .https_only()
             .enable_http1()
             .wrap_connector(dialer);
-        // Head and body in one buffer: over TLS each written slice becomes its own record.
-        let client = Client::builder(TokioExecutor::new())
-            .http1_writev(false)
-            .build(connector);
         Ok(Self {
             inner: Arc::new(Inner {
                 audit: {
@@ -472,7 +498,10 @@ impl EgressProxy {
                 secrets,
                 ca,
                 packages: RwLock::new(Arc::default()),
-                client,
+                pools: Pools {
+                    connector,
+                    clients: Mutex::default(),
+                },
                 upstreams: Upstreams {
                     connector: tunnel_connector,
                     idle: Mutex::default(),
@@ -1130,7 +1159,8 @@ impl EgressProxy {
         let response = match via {
             Via::Pool => self
                 .inner
-                .client
+                .pools
+                .client(caller.runner.principal)
                 .request(request)
                 .await
                 .map_err(BoxError::from),

@@ -438,23 +438,26 @@ async fn a_tunnel_keeps_one_upstream_connection_and_hands_it_to_the_next_tunnel(
     assert_eq!(get(bobs_client, "/items").await, "");
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
 
-    // A client that speaks HTTP/2 to the proxy is served too (over the shared pool).
-    let h2 = proxied(&ca, &proxy_url, false);
-    let response = h2
-        .get(format!("https://{HOST}/items"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.version(), reqwest::Version::HTTP_2);
-    assert_eq!(
-        response.text().await.unwrap(),
-        "Bearer [redacted by chiron]"
-    );
+    // Clients that speak HTTP/2 to the proxy are served too, over a pool of the principal's
+    // own: bob's request does not reuse alice's connection.
+    for (url, expected, connections) in [
+        (&proxy_url, "Bearer [redacted by chiron]", 4),
+        (&bobs_url, "", 5),
+    ] {
+        let response = proxied(&ca, url, false)
+            .get(format!("https://{HOST}/items"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        assert_eq!(response.text().await.unwrap(), expected);
+        assert_eq!(accepted.load(Ordering::SeqCst), connections);
+    }
 
     stop.cancel();
     proxy.flush_audit().await;
     let rows = db.egress_requests(None, 10).await.unwrap();
-    assert_eq!(rows.len(), 8);
+    assert_eq!(rows.len(), 9);
     assert!(rows.iter().all(|r| r.status == 200));
     assert!(rows
         .iter()
