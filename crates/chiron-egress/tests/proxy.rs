@@ -183,6 +183,20 @@ async fn secret_changes_are_announced_to_other_replicas() {
     drop(guard);
 }
 
+/// What a proxy needs besides storage: a CA in a directory of its own (kept while the
+/// directory lives) and a secret store with a fixed key.
+fn proxy_parts(
+    db: &chiron_store::Store,
+) -> (tempfile::TempDir, Arc<CertificateAuthority>, Arc<Secrets>) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Arc::new(CertificateAuthority::load_or_create(dir.path()).unwrap());
+    let secrets = Arc::new(Secrets::with_keyring(
+        db.clone(),
+        Keyring::single(MasterKey::from_bytes(&[1; 32])),
+    ));
+    (dir, ca, secrets)
+}
+
 async fn connect_request(addr: std::net::SocketAddr, credential: &str) -> String {
     use base64::Engine;
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -202,12 +216,7 @@ async fn connect_request(addr: std::net::SocketAddr, credential: &str) -> String
 #[tokio::test]
 async fn a_credential_is_refused_on_another_runners_listener() {
     let (db, _guard) = store(Backend::Sqlite).await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Arc::new(CertificateAuthority::load_or_create(dir.path()).unwrap());
-    let secrets = Arc::new(Secrets::with_keyring(
-        db.clone(),
-        Keyring::single(MasterKey::from_bytes(&[1; 32])),
-    ));
+    let (_dir, ca, secrets) = proxy_parts(&db);
     let proxy = EgressProxy::new(db.clone(), secrets, ca, EgressSettings::default()).unwrap();
     let stop = CancellationToken::new();
     let mut listeners = Vec::new();
@@ -351,12 +360,7 @@ async fn a_tunnel_keeps_one_upstream_connection_and_hands_it_to_the_next_tunnel(
     const HOST: &str = "api.reuse.test";
     let (upstream, upstream_ca, accepted) = counting_upstream(HOST).await;
     let (db, _guard) = store(Backend::Sqlite).await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Arc::new(CertificateAuthority::load_or_create(dir.path()).unwrap());
-    let secrets = Arc::new(Secrets::with_keyring(
-        db.clone(),
-        Keyring::single(MasterKey::from_bytes(&[1; 32])),
-    ));
+    let (_dir, ca, secrets) = proxy_parts(&db);
     let alice = db.create_principal("alice").await.unwrap();
     db.add_grant("reuse", GrantSubject::Principal(alice.id), Actor::cli())
         .await

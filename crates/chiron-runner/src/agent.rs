@@ -682,23 +682,12 @@ enum Pumped {
     TimedOut,
 }
 
-fn set_nonblocking(fd: std::os::fd::RawFd) {
-    // SAFETY: fcntl on a descriptor this call owns.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags >= 0 {
-            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
-        }
-    }
-}
-
 impl CallPipes {
     fn new(child: &mut std::process::Child, input: String) -> Self {
-        use std::os::fd::AsRawFd;
         let stdin = child.stdin.take();
         if let Some(stdin) = &stdin {
             // A tool that never reads its input must not stall the call.
-            set_nonblocking(stdin.as_raw_fd());
+            let _ = rustix::io::ioctl_fionbio(stdin, true);
         }
         Self {
             stdin,
@@ -811,23 +800,6 @@ fn drain<R: Read>(pipe: &mut Option<R>, kept: &mut Vec<u8>, limit: usize, tail: 
     }
 }
 
-/// A close-on-exec pipe: (read end, write end).
-fn exit_pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
-    use std::os::fd::FromRawFd;
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills both descriptors on success.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: descriptors the kernel just gave us, owned from here on.
-    Ok(unsafe {
-        (
-            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
-            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
-        )
-    })
-}
-
 /// A command for `argv` with nothing inherited: the program is looked up on the call's own
 /// `PATH` here, so the standard library can start it with posix_spawn (a vfork) instead of
 /// fork, which copied the agent's page tables on every call; `argv[0]` stays as given.
@@ -875,8 +847,11 @@ fn run_one(id: u64, run: RunRequest, pending: &Pending, spawned: &Spawned) -> Re
     };
     let mut command = command(program, args, &run.env, &run.cwd);
     let started = Instant::now();
-    let (exited, closed) = match exit_pipe() {
-        Ok(ends) => ends,
+    let (exited, closed) = match std::io::pipe() {
+        Ok((read, write)) => (
+            std::os::fd::OwnedFd::from(read),
+            std::os::fd::OwnedFd::from(write),
+        ),
         Err(err) => {
             response.error = Some(format!("cannot start {program}: {err}"));
             return response;
@@ -910,11 +885,9 @@ fn run_one(id: u64, run: RunRequest, pending: &Pending, spawned: &Spawned) -> Re
     // SAFETY: signalling the call's own process group; harmless if it is already gone.
     unsafe { libc::kill(-pid, libc::SIGKILL) };
     let status = rx.recv().unwrap_or(0);
-    if pumped != Pumped::Done {
-        // Output written before the exit may still be in the pipes: collect it, waiting at
-        // most a short grace for descendants that escaped the group.
-        let _ = pipes.pump(None, Instant::now() + OUTPUT_GRACE);
-    }
+    // Output written before the exit may still be in the pipes: collect it, waiting at most a
+    // short grace for descendants that escaped the group.
+    let _ = pipes.pump(None, Instant::now() + OUTPUT_GRACE);
     if libc::WIFEXITED(status) {
         response.exit_code = Some(libc::WEXITSTATUS(status));
     } else if libc::WIFSIGNALED(status) {

@@ -3,8 +3,9 @@
 //!
 //! The server runs on its own threads, each with a single-threaded runtime accepting from the
 //! same listening socket. A connection, and every task its requests spawn (rmcp's per-request
-//! service, a runner started by a call and its pipes), stays on the thread that accepted it. On the work-stealing runtime each of those spawns woke the other, idle worker,
-//! which cost more CPU than the request itself (see ARCHITECTURE.md, "Hot path").
+//! service, a runner started by a call and its pipes), stays on the thread that accepted it.
+//! On the work-stealing runtime each of those spawns woke the other, idle worker, which cost
+//! more CPU than the request itself (see ARCHITECTURE.md, "Hot path").
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -390,6 +390,20 @@ fn agents_with(marker: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Calls `echo_echo` with `text` as the token's principal and checks it comes back.
+fn echoes(url: &str, token: &str, text: &str) {
+    let results = probe(
+        url,
+        bearer(token),
+        "legacy",
+        json!([{"op": "call", "name": "echo_echo", "arguments": {"text": text}}]),
+    );
+    assert_eq!(
+        results[0]["structuredContent"]["arguments"]["text"], text,
+        "{results:?}"
+    );
+}
+
 #[test]
 fn no_runner_survives_a_killed_gateway() {
     let mut chiron = Chiron::new();
@@ -441,16 +455,7 @@ fn no_runner_survives_a_killed_gateway() {
     // A restarted gateway serves again with a new runner.
     drop(server);
     let server = chiron.serve(&["serve"]);
-    let results = probe(
-        &url,
-        bearer(&alice),
-        "legacy",
-        json!([{"op": "call", "name": "echo_echo", "arguments": {"text": "y"}}]),
-    );
-    assert_eq!(
-        results[0]["structuredContent"]["arguments"]["text"], "y",
-        "{results:?}"
-    );
+    echoes(&url, &alice, "y");
 
     // Operators see it and can stop it.
     chiron.set_env("CHIRON_ADMIN_TOKEN", &admin);
@@ -464,16 +469,7 @@ fn no_runner_survives_a_killed_gateway() {
 
     // A graceful stop with a live runner (its tasks live on the HTTP thread that started it)
     // stops it too.
-    let results = probe(
-        &url,
-        bearer(&alice),
-        "legacy",
-        json!([{"op": "call", "name": "echo_echo", "arguments": {"text": "z"}}]),
-    );
-    assert_eq!(
-        results[0]["structuredContent"]["arguments"]["text"], "z",
-        "{results:?}"
-    );
+    echoes(&url, &alice, "z");
     assert!(!agents_with(&marker).is_empty(), "no runner is running");
     let (code, _) = server.terminate();
     assert_eq!(code, Some(0));
