@@ -6,13 +6,14 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ClientRequest, JsonObject, JsonRpcMessage,
-    JsonRpcResponse, JsonRpcVersion2_0, RequestId, ServerResult, Tool,
+    JsonRpcResponse, JsonRpcVersion2_0, RequestId, ServerPeerInfo, ServerResult, Tool,
 };
 use rmcp::service::{RoleClient, RunningService, RxJsonRpcMessage, ServiceExt, TxJsonRpcMessage};
 use rmcp::transport::async_rw::JsonRpcMessageCodec;
@@ -27,12 +28,89 @@ use crate::egress::CredentialGuard;
 pub const INITIALIZE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One running stdio MCP server.
+///
+/// Its pipes and rmcp's service loop are driven by one runtime: with one single-threaded
+/// runtime per HTTP thread, that is one thread. A call that comes from another thread crosses
+/// to it and back (two wake-ups of an idle thread, which cost more CPU than the call itself),
+/// so the client follows its callers: after [`MOVE_AFTER`] calls in a row from another
+/// runtime, the first of them that finds no call in flight moves the pipes there (the service
+/// loop ends without closing them; a new one starts on them without a new `initialize`).
 pub struct StdioServer {
     /// Its pid inside the sandbox (for the agent's `kill`).
     pub pid: i32,
-    client: RunningService<RoleClient, ()>,
+    client: tokio::sync::RwLock<Client>,
+    /// Calls in a row that came from a runtime other than the client's.
+    away: AtomicU32,
     /// The server process's proxy credential, valid while it runs.
     _credential: Option<CredentialGuard>,
+}
+
+/// Calls in a row from another runtime after which the client moves there.
+const MOVE_AFTER: u32 = 3;
+
+/// The rmcp client of a server and where it runs.
+struct Client {
+    service: RunningService<RoleClient, ()>,
+    /// The runtime that drives its pipes and service loop.
+    runtime: tokio::runtime::Id,
+    /// Set before the service loop is ended to move: its transport then hands its pipes here
+    /// instead of closing them.
+    moving: Arc<Mutex<Option<Released>>>,
+}
+
+impl Client {
+    /// rmcp's client over `pipes`, on the current runtime: initialised (`peer` is `None`), or
+    /// taking over a server initialised before (`peer` is its answer to `initialize`).
+    async fn start(pipes: Pipes, peer: Option<ServerPeerInfo>) -> Result<Self, String> {
+        let moving = pipes.moving.clone();
+        let service = match peer {
+            Some(peer) => rmcp::service::serve_directly((), pipes, Some(peer)),
+            None => tokio::time::timeout(INITIALIZE_TIMEOUT, ().serve(pipes))
+                .await
+                .map_err(|_| "the server did not answer initialize in time".to_owned())?
+                .map_err(|e| format!("initialize failed: {e}"))?,
+        };
+        Ok(Self {
+            service,
+            runtime: tokio::runtime::Handle::current().id(),
+            moving,
+        })
+    }
+
+    /// Moves the client to the current runtime. With no call in flight (the caller holds the
+    /// only lock), the old service loop is ended, its pipes taken over, and a new loop started
+    /// here. When the pipes are gone (the server exited meanwhile), the client stays closed
+    /// and the runner starts the server again on the next call.
+    async fn move_here(&mut self) -> Result<(), String> {
+        let peer = self.service.peer().peer_info().map(|info| (*info).clone());
+        *self
+            .moving
+            .lock()
+            .expect("invariant: the move slot lock is never poisoned") = Some(Released::Pending);
+        let _ = self.service.close().await;
+        let released = self
+            .moving
+            .lock()
+            .expect("invariant: the move slot lock is never poisoned")
+            .take();
+        let Some(Released::Pipes {
+            reader,
+            writer,
+            buffered,
+        }) = released
+        else {
+            return Err("the server's pipes closed while its client moved".into());
+        };
+        let pipe_err = |e: std::io::Error| format!("server pipes: {e}");
+        let reader = pipe::Receiver::from_owned_fd(reader).map_err(pipe_err)?;
+        let writer = pipe::Sender::from_owned_fd(writer).map_err(pipe_err)?;
+        let mut pipes = Pipes::new(reader, writer);
+        if let Some(lines) = pipes.lines.as_mut() {
+            lines.read_buffer_mut().extend_from_slice(&buffered);
+        }
+        *self = Client::start(pipes, peer).await?;
+        Ok(())
+    }
 }
 
 impl StdioServer {
@@ -48,34 +126,65 @@ impl StdioServer {
             .try_into()
             .map_err(|_| "the agent sent the wrong number of pipes".to_owned())?;
         let pipe_err = |e: std::io::Error| format!("server pipes: {e}");
-        let writer = tokio::net::unix::pipe::Sender::from_owned_fd(stdin).map_err(pipe_err)?;
-        let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(stdout).map_err(pipe_err)?;
-        let errors = tokio::net::unix::pipe::Receiver::from_owned_fd(stderr).map_err(pipe_err)?;
+        let writer = pipe::Sender::from_owned_fd(stdin).map_err(pipe_err)?;
+        let reader = pipe::Receiver::from_owned_fd(stdout).map_err(pipe_err)?;
+        let errors = pipe::Receiver::from_owned_fd(stderr).map_err(pipe_err)?;
         tokio::spawn(async move {
             let mut lines = tokio::io::BufReader::new(errors).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 tracing::debug!(server = %label, message = %line, "mcp-stdio server");
             }
         });
-        let client = tokio::time::timeout(INITIALIZE_TIMEOUT, ().serve(Pipes::new(reader, writer)))
-            .await
-            .map_err(|_| "the server did not answer initialize in time".to_owned())?
-            .map_err(|e| format!("initialize failed: {e}"))?;
+        let client = Client::start(Pipes::new(reader, writer), None).await?;
         Ok(Self {
             pid,
-            client,
+            client: tokio::sync::RwLock::new(client),
+            away: AtomicU32::new(0),
             _credential: credential,
         })
     }
 
     /// Whether the server is still connected.
     pub fn is_alive(&self) -> bool {
-        !self.client.is_closed()
+        // Locked for writing only while the client moves.
+        self.client
+            .try_read()
+            .map_or(true, |client| !client.service.is_closed())
+    }
+
+    /// The client, moved to the caller's runtime first when calls keep coming from there and
+    /// none is in flight.
+    async fn client(&self) -> tokio::sync::RwLockReadGuard<'_, Client> {
+        let here = tokio::runtime::Handle::current().id();
+        let client = self.client.read().await;
+        if client.runtime == here {
+            self.away.store(0, Ordering::Relaxed);
+            return client;
+        }
+        if self.away.fetch_add(1, Ordering::Relaxed) + 1 < MOVE_AFTER {
+            return client;
+        }
+        drop(client);
+        match self.client.try_write() {
+            Ok(mut client) => {
+                if client.runtime != here {
+                    if let Err(err) = client.move_here().await {
+                        tracing::warn!(pid = self.pid, error = %err, "mcp-stdio client could not move");
+                    }
+                }
+                self.away.store(0, Ordering::Relaxed);
+                client.downgrade()
+            }
+            // A call is in flight (or another caller moves it): stay for now.
+            Err(_) => self.client.read().await,
+        }
     }
 
     /// Every tool the server offers.
     pub async fn list_tools(&self) -> Result<Vec<Tool>, String> {
-        self.client
+        self.client()
+            .await
+            .service
             .peer()
             .list_all_tools()
             .await
@@ -90,12 +199,31 @@ impl StdioServer {
         timeout: Duration,
     ) -> Result<Option<CallToolResult>, String> {
         let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments);
-        match tokio::time::timeout(timeout, self.client.peer().call_tool(params)).await {
+        let client = self.client().await;
+        match tokio::time::timeout(timeout, client.service.peer().call_tool(params)).await {
             Ok(Ok(result)) => Ok(Some(result)),
             Ok(Err(err)) => Err(format!("tools/call failed: {err}")),
             Err(_) => Ok(None),
         }
     }
+
+    /// The runtime that drives the client now (tests).
+    #[cfg(test)]
+    async fn runtime(&self) -> tokio::runtime::Id {
+        self.client.read().await.runtime
+    }
+}
+
+/// A client's pipes, handed over by its transport when the client moves.
+enum Released {
+    /// The move started; the transport has not closed yet.
+    Pending,
+    /// Still registered with no runtime; `buffered` was read and not yet parsed.
+    Pipes {
+        reader: OwnedFd,
+        writer: OwnedFd,
+        buffered: Vec<u8>,
+    },
 }
 
 /// The longest line (one JSON-RPC message) read from a server, as rmcp's stdio transport.
@@ -110,21 +238,28 @@ type Writer = FramedWrite<pipe::Sender, JsonRpcMessageCodec<TxJsonRpcMessage<Rol
 /// its general parse first fails on fifteen other result types, each failure building an
 /// error message: 6% of the gateway's CPU per warm call.
 struct Pipes {
-    lines: FramedRead<pipe::Receiver, LinesCodec>,
+    /// `None` once handed over to a moving client.
+    lines: Option<FramedRead<pipe::Receiver, LinesCodec>>,
     writer: Arc<tokio::sync::Mutex<Option<Writer>>>,
     /// Ids of the `tools/call` requests sent and not answered yet.
     calls: Arc<Mutex<HashSet<RequestId>>>,
+    /// [`Released::Pending`] when the client moves: closing hands the pipes over.
+    moving: Arc<Mutex<Option<Released>>>,
 }
 
 impl Pipes {
     fn new(reader: pipe::Receiver, writer: pipe::Sender) -> Self {
         Self {
-            lines: FramedRead::new(reader, LinesCodec::new_with_max_length(MAX_LINE)),
+            lines: Some(FramedRead::new(
+                reader,
+                LinesCodec::new_with_max_length(MAX_LINE),
+            )),
             writer: Arc::new(tokio::sync::Mutex::new(Some(FramedWrite::new(
                 writer,
                 JsonRpcMessageCodec::default(),
             )))),
             calls: Arc::default(),
+            moving: Arc::default(),
         }
     }
 
@@ -188,7 +323,7 @@ impl Transport<RoleClient> for Pipes {
 
     async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
         loop {
-            let line = match self.lines.next().await? {
+            let line = match self.lines.as_mut()?.next().await? {
                 Ok(line) => line,
                 Err(err) => {
                     tracing::warn!(error = %err, "mcp-stdio server output unreadable");
@@ -222,7 +357,21 @@ impl Transport<RoleClient> for Pipes {
     }
 
     async fn close(&mut self) -> Result<(), Self::Error> {
-        self.writer.lock().await.take();
+        let writer = self.writer.lock().await.take();
+        let mut moving = self
+            .moving
+            .lock()
+            .expect("invariant: the move slot lock is never poisoned");
+        if matches!(*moving, Some(Released::Pending)) {
+            if let (Some(lines), Some(writer)) = (self.lines.take(), writer) {
+                let buffered = lines.read_buffer().to_vec();
+                *moving = Some(Released::Pipes {
+                    reader: lines.into_inner().into_nonblocking_fd()?,
+                    writer: writer.into_inner().into_nonblocking_fd()?,
+                    buffered,
+                });
+            }
+        }
         Ok(())
     }
 }
@@ -263,8 +412,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn tool_results_errors_and_stray_lines_from_a_server() {
+    /// A server connected to the scripted one, and the thread that runs the script.
+    async fn scripted() -> (StdioServer, std::thread::JoinHandle<()>) {
         let (stdin_read, stdin_write) = std::io::pipe().unwrap();
         let (stdout_read, stdout_write) = std::io::pipe().unwrap();
         let (stderr_read, stderr_write) = std::io::pipe().unwrap();
@@ -280,22 +429,74 @@ mod tests {
         )
         .await
         .unwrap();
-        let long = Duration::from_secs(600);
-        for text in ["one", "two"] {
-            let mut arguments = JsonObject::new();
-            arguments.insert("text".into(), text.into());
-            let result = server.call("echo", arguments, long).await.unwrap().unwrap();
-            assert_eq!(result.is_error, Some(false));
-            let content = serde_json::to_value(&result.content).unwrap();
-            assert_eq!(content[0]["text"], text);
-        }
-        let failed = server.call("fail", JsonObject::new(), long).await;
-        assert!(failed.unwrap_err().contains("no such tool"));
-        assert!(server.is_alive());
-        // Closing the client closes the server's stdin, which ends the script.
+        (server, script)
+    }
+
+    const LONG: Duration = Duration::from_secs(600);
+
+    /// Calls `echo` with `text` and returns what came back.
+    async fn echo(server: &StdioServer, text: &str) -> String {
+        let mut arguments = JsonObject::new();
+        arguments.insert("text".into(), text.into());
+        let result = server.call("echo", arguments, LONG).await.unwrap().unwrap();
+        assert_eq!(result.is_error, Some(false));
+        let content = serde_json::to_value(&result.content).unwrap();
+        content[0]["text"].as_str().unwrap().to_owned()
+    }
+
+    /// Closing the client closes the server's stdin, which ends the script.
+    async fn finish(server: StdioServer, script: std::thread::JoinHandle<()>) {
         drop(server);
         tokio::task::spawn_blocking(move || script.join().unwrap())
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn tool_results_errors_and_stray_lines_from_a_server() {
+        let (server, script) = scripted().await;
+        for text in ["one", "two"] {
+            assert_eq!(echo(&server, text).await, text);
+        }
+        let failed = server.call("fail", JsonObject::new(), LONG).await;
+        assert!(failed.unwrap_err().contains("no such tool"));
+        assert!(server.is_alive());
+        finish(server, script).await;
+    }
+
+    #[tokio::test]
+    async fn the_client_follows_its_callers_to_another_runtime_and_back() {
+        let (server, script) = scripted().await;
+        let server = Arc::new(server);
+        let here = tokio::runtime::Handle::current().id();
+        assert_eq!(server.runtime().await, here);
+        let other = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        // The first calls from the other runtime cross over; then the client moves there.
+        for n in 0..MOVE_AFTER + 2 {
+            let caller = server.clone();
+            let text = format!("over {n}");
+            let echoed = other
+                .spawn(async move { echo(&caller, &text).await })
+                .await
+                .unwrap();
+            assert_eq!(echoed, format!("over {n}"));
+        }
+        assert_eq!(server.runtime().await, other.handle().id());
+        // Calls from here bring it back, with nothing lost on the way.
+        for n in 0..MOVE_AFTER + 2 {
+            assert_eq!(
+                echo(&server, &format!("back {n}")).await,
+                format!("back {n}")
+            );
+        }
+        assert_eq!(server.runtime().await, here);
+        assert!(server.is_alive());
+        let server = Arc::into_inner(server).unwrap();
+        finish(server, script).await;
+        other.shutdown_background();
     }
 }
