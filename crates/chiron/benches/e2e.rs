@@ -8,6 +8,11 @@
 //! Run: `cargo bench -p chiron --bench e2e` (as root, like the sandboxes need);
 //! `CHIRON_BENCH_CALLS` (default 1000); `CHIRON_BENCH_ONLY=stateless/stdio_ping` (form/tool)
 //! runs one row, for profiling the server while it runs.
+//!
+//! `CHIRON_BENCH_AGAINST=<another chiron binary>` runs a second gateway from that binary next
+//! to this one, set up the same way, and alternates the calls of each row between the two in
+//! chunks of [`CHUNK`]: both see the same phases of a machine whose speed drifts, so their
+//! figures compare (each gateway's `chiron-runner-agent` is the one next to its binary).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -49,13 +54,17 @@ fn cpu_ns(pid: u32) -> u64 {
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
+/// Calls made on one gateway before the other takes its turn (with `CHIRON_BENCH_AGAINST`).
+const CHUNK: usize = 100;
+
 struct Chiron {
     dir: tempfile::TempDir,
+    binary: std::path::PathBuf,
 }
 
 impl Chiron {
     fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_chiron"));
+        let mut command = Command::new(&self.binary);
         command
             .args(args)
             .current_dir(self.dir.path())
@@ -143,67 +152,106 @@ impl Client {
     }
 }
 
+/// A running `chiron serve` with the bench's packages and a token for its principal.
+struct Gateway {
+    /// Its data directory (with the packages) and binary.
+    chiron: Chiron,
+    server: std::process::Child,
+    port: u16,
+    token: String,
+}
+
+impl Gateway {
+    fn start(binary: std::path::PathBuf) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let tools = dir.path().join("tools");
+        std::fs::create_dir_all(tools.join("native")).unwrap();
+        std::fs::write(
+            tools.join("native/chiron-tool.toml"),
+            "name = \"native\"\nversion = \"1\"\nkind = \"command\"\ncommand = [\"true\"]\n[[tools]]\nname = \"true\"\ninput_schema = { type = \"object\" }\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(tools.join("stdio")).unwrap();
+        std::fs::write(
+            tools.join("stdio/chiron-tool.toml"),
+            "name = \"stdio\"\nversion = \"1\"\nkind = \"mcp-stdio\"\ncommand = [\"python3\", \"server.py\"]\n",
+        )
+        .unwrap();
+        std::fs::write(tools.join("stdio/server.py"), STDIO_SERVER).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        std::fs::write(
+            dir.path().join("chiron.toml"),
+            format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n[tools]\ndirs = [\"{}\"]\nwatch = false\n[mcp]\ncalls_per_minute = 1000000\ncall_burst = 100000\n",
+                tools.display()
+            ),
+        )
+        .unwrap();
+        let chiron = Chiron { dir, binary };
+        chiron.ok(&["init"]);
+        chiron.ok(&["principal", "add", "bench"]);
+        chiron.ok(&["grant", "add", "native", "--principal", "bench"]);
+        chiron.ok(&["grant", "add", "stdio", "--principal", "bench"]);
+        let token = chiron
+            .ok(&["token", "issue", "--principal", "bench"])
+            .trim()
+            .to_owned();
+        let mut server = chiron
+            .command(&["serve"])
+            // The default log filter, as a deployment runs it.
+            .env_remove("CHIRON_LOG__FILTER")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = server.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        for line in lines.by_ref() {
+            if line.unwrap().contains("listening listen=") {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Self {
+            chiron,
+            server,
+            port,
+            token,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.server.id()
+    }
+
+    fn stop(mut self) {
+        // SAFETY: signalling the server this bench started.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+        let _ = self.server.wait();
+    }
+}
+
 fn main() {
     let calls: usize = std::env::var("CHIRON_BENCH_CALLS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
     let only = std::env::var("CHIRON_BENCH_ONLY").ok();
-    let dir = tempfile::tempdir().unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
-    let tools = dir.path().join("tools");
-    std::fs::create_dir_all(tools.join("native")).unwrap();
-    std::fs::write(
-        tools.join("native/chiron-tool.toml"),
-        "name = \"native\"\nversion = \"1\"\nkind = \"command\"\ncommand = [\"true\"]\n[[tools]]\nname = \"true\"\ninput_schema = { type = \"object\" }\n",
-    )
-    .unwrap();
-    std::fs::create_dir_all(tools.join("stdio")).unwrap();
-    std::fs::write(
-        tools.join("stdio/chiron-tool.toml"),
-        "name = \"stdio\"\nversion = \"1\"\nkind = \"mcp-stdio\"\ncommand = [\"python3\", \"server.py\"]\n",
-    )
-    .unwrap();
-    std::fs::write(tools.join("stdio/server.py"), STDIO_SERVER).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    std::fs::write(
-        dir.path().join("chiron.toml"),
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n[tools]\ndirs = [\"{}\"]\nwatch = false\n[mcp]\ncalls_per_minute = 1000000\ncall_burst = 100000\n",
-            tools.display()
-        ),
-    )
-    .unwrap();
-    let chiron = Chiron { dir };
-    chiron.ok(&["init"]);
-    chiron.ok(&["principal", "add", "bench"]);
-    chiron.ok(&["grant", "add", "native", "--principal", "bench"]);
-    chiron.ok(&["grant", "add", "stdio", "--principal", "bench"]);
-    let token = chiron
-        .ok(&["token", "issue", "--principal", "bench"])
-        .trim()
-        .to_owned();
-    let mut server = chiron
-        .command(&["serve"])
-        // The default log filter, as a deployment runs it.
-        .env_remove("CHIRON_LOG__FILTER")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = server.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    for line in lines.by_ref() {
-        if line.unwrap().contains("listening listen=") {
-            break;
-        }
+    let mut gateways = vec![("", Gateway::start(env!("CARGO_BIN_EXE_chiron").into()))];
+    if let Ok(other) = std::env::var("CHIRON_BENCH_AGAINST") {
+        gateways.push(("against ", Gateway::start(other.into())));
     }
-    std::thread::spawn(move || for _ in lines {});
-    let server_pid = server.id();
+    let stdio_server = gateways[0]
+        .1
+        .chiron
+        .dir
+        .path()
+        .join("tools/stdio/server.py");
 
     // Baselines on the host.
     let mut host = Vec::with_capacity(calls);
@@ -220,7 +268,7 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let mut child = tokio::process::Command::new("python3")
-            .arg(tools.join("stdio/server.py"))
+            .arg(&stdio_server)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -242,29 +290,33 @@ fn main() {
         drop(direct);
 
         let http = reqwest::Client::builder().tcp_nodelay(true).build().unwrap();
-        let url = format!("http://127.0.0.1:{port}/mcp");
         println!("end-to-end benchmark: {calls} warm calls per row through /mcp of `chiron serve`");
         println!("{:<52} p50 {:>7.3} ms  p99 {:>7.3} ms", "baseline: plain exec of /bin/true on the host", ms(p50(&mut host)), ms(p99(&mut host)));
         println!("{:<52} p50 {:>7.3} ms  p99 {:>7.3} ms", "baseline: the stdio server called directly", ms(p50(&mut stdio_direct)), ms(p99(&mut stdio_direct)));
         for form in ["session", "stateless"] {
-            let mut client = Client { http: http.clone(), url: url.clone(), token: token.clone(), session: None, next_id: 0 };
-            if form == "session" {
-                let (headers, _) = client
-                    .post("initialize", json!({"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}), None)
-                    .await;
-                client.session = headers.get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
-                let session = client.session.clone().unwrap();
-                let response = http
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .header("accept", "application/json, text/event-stream")
-                    .header("mcp-protocol-version", "2025-11-25")
-                    .header("mcp-session-id", &session)
-                    .json(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert!(response.status().is_success());
+            let mut clients = Vec::new();
+            for (label, gateway) in &gateways {
+                let url = format!("http://127.0.0.1:{}/mcp", gateway.port);
+                let mut client = Client { http: http.clone(), url: url.clone(), token: gateway.token.clone(), session: None, next_id: 0 };
+                if form == "session" {
+                    let (headers, _) = client
+                        .post("initialize", json!({"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}), None)
+                        .await;
+                    client.session = headers.get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                    let session = client.session.clone().unwrap();
+                    let response = http
+                        .post(&url)
+                        .bearer_auth(&gateway.token)
+                        .header("accept", "application/json, text/event-stream")
+                        .header("mcp-protocol-version", "2025-11-25")
+                        .header("mcp-session-id", &session)
+                        .json(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(response.status().is_success());
+                }
+                clients.push((*label, gateway.pid(), client));
             }
             // `whoami` runs nothing: its row is the cost of the HTTP/MCP layer alone.
             for (tool, baseline) in [
@@ -275,30 +327,51 @@ fn main() {
                 if only.as_deref().is_some_and(|only| only != format!("{form}/{tool}")) {
                     continue;
                 }
-                for _ in 0..20 {
-                    client.call(tool).await;
+                let mut rows = Vec::new();
+                for (_, _, client) in &mut clients {
+                    for _ in 0..20 {
+                        client.call(tool).await;
+                    }
                 }
-                let cpu_before = cpu_ns(server_pid);
-                let mut samples = Vec::with_capacity(calls);
-                for _ in 0..calls {
-                    let started = Instant::now();
-                    client.call(tool).await;
-                    samples.push(started.elapsed());
+                // Each gateway's CPU clock spans the whole row, so what it does after a call
+                // (the call audit is written in batches) counts even when it happens during
+                // the other gateway's turn.
+                for (_, pid, _) in &clients {
+                    rows.push((Vec::with_capacity(calls), cpu_ns(*pid)));
                 }
-                let cpu_us = (cpu_ns(server_pid) - cpu_before) as f64 / 1e3 / calls as f64;
-                let (median, tail) = (p50(&mut samples), p99(&mut samples));
-                println!(
-                    "{:<52} p50 {:>7.3} ms  p99 {:>7.3} ms  added {:>6.3} ms  gateway CPU {:>5.0} µs/call",
-                    format!("/mcp {form:<9} {tool}"),
-                    ms(median),
-                    ms(tail),
-                    ms(median) - ms(baseline),
-                    cpu_us
-                );
+                // In turns, so that with two gateways both see the same phases of the machine.
+                let chunk = if clients.len() > 1 { CHUNK } else { calls };
+                let mut done = 0;
+                while done < calls {
+                    let n = chunk.min(calls - done);
+                    for ((_, _, client), (samples, _)) in clients.iter_mut().zip(&mut rows) {
+                        for _ in 0..n {
+                            let started = Instant::now();
+                            client.call(tool).await;
+                            samples.push(started.elapsed());
+                        }
+                    }
+                    done += n;
+                }
+                for ((_, pid, _), (_, cpu)) in clients.iter().zip(&mut rows) {
+                    *cpu = cpu_ns(*pid) - *cpu;
+                }
+                for ((label, _, _), (mut samples, cpu)) in clients.iter().zip(rows) {
+                    let cpu_us = cpu as f64 / 1e3 / calls as f64;
+                    let (median, tail) = (p50(&mut samples), p99(&mut samples));
+                    println!(
+                        "{:<52} p50 {:>7.3} ms  p99 {:>7.3} ms  added {:>6.3} ms  gateway CPU {:>5.0} µs/call",
+                        format!("/mcp {label}{form:<9} {tool}"),
+                        ms(median),
+                        ms(tail),
+                        ms(median) - ms(baseline),
+                        cpu_us
+                    );
+                }
             }
         }
     });
-    // SAFETY: signalling the server this bench started.
-    unsafe { libc::kill(server_pid as i32, libc::SIGTERM) };
-    let _ = server.wait();
+    for (_, gateway) in gateways {
+        gateway.stop();
+    }
 }
