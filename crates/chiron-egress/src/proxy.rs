@@ -325,7 +325,8 @@ impl Upstreams {
 /// dialled on the first request, kept for the tunnel's later requests, parked when it ends.
 struct TunnelUpstream {
     proxy: EgressProxy,
-    principal: PrincipalId,
+    /// Who opened the tunnel.
+    caller: Caller,
     host: String,
     port: u16,
     sender: Mutex<Option<Sender>>,
@@ -334,7 +335,10 @@ struct TunnelUpstream {
 impl TunnelUpstream {
     /// Where its connection waits between tunnels: the principal's, for `host:port`.
     fn idle_key(&self) -> String {
-        format!("{}/{}:{}", self.principal, self.host, self.port)
+        format!(
+            "{}/{}:{}",
+            self.caller.runner.principal, self.host, self.port
+        )
     }
 
     fn slot(&self) -> std::sync::MutexGuard<'_, Option<Sender>> {
@@ -1000,30 +1004,25 @@ impl EgressProxy {
             }
             return;
         }
-        let principal = caller.runner.principal;
-        let tunnel = Arc::new((
+        let tunnel = Arc::new(TunnelUpstream {
+            proxy: self.clone(),
             caller,
-            TunnelUpstream {
-                proxy: self.clone(),
-                principal,
-                host,
-                port,
-                sender: Mutex::new(None),
-            },
-        ));
+            host,
+            port,
+            sender: Mutex::new(None),
+        });
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            let tunnel = tunnel.clone();
+            let upstream = tunnel.clone();
             async move {
-                let (caller, upstream) = &*tunnel;
                 Ok::<_, Infallible>(
                     upstream
                         .proxy
                         .forward(
-                            caller,
+                            &upstream.caller,
                             &upstream.host,
                             port,
                             true,
-                            Via::Tunnel(upstream),
+                            Via::Tunnel(&upstream),
                             request,
                         )
                         .await,
