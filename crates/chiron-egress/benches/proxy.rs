@@ -32,7 +32,7 @@ mod support;
 const HOST: &str = "api.bench.test";
 
 async fn upstream() -> (std::net::SocketAddr, String) {
-    let (config, ca_pem) = support::upstream_tls(HOST);
+    let (config, ca_pem) = chiron_egress::testing::upstream_tls(&[HOST]);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -8,6 +8,8 @@ pub mod keys;
 pub mod proxy;
 pub mod scrub;
 pub mod secrets;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use keys::{KeyError, Keyring, MasterKey};
 pub use proxy::{EgressProxy, EgressSettings};

@@ -273,7 +273,7 @@ async fn counting_upstream(
     String,
     Arc<std::sync::atomic::AtomicUsize>,
 ) {
-    let (config, ca_pem) = support::upstream_tls(host);
+    let (config, ca_pem) = chiron_egress::testing::upstream_tls(&[host]);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

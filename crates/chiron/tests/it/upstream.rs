@@ -54,30 +54,7 @@ fn url_encode(value: &str) -> String {
 }
 
 pub fn start(hosts: &[&str]) -> Upstream {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::default();
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "test upstream CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf_params =
-        CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>()).unwrap();
-    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
-
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
-        )
-        .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let (config, ca_pem) = chiron_egress::testing::upstream_tls(hosts);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -140,7 +117,7 @@ pub fn start(hosts: &[&str]) -> Upstream {
     Upstream {
         addr,
         plain_addr,
-        ca_pem: ca.pem(),
+        ca_pem,
         seen,
         _runtime: runtime,
     }
