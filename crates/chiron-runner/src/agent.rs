@@ -214,7 +214,20 @@ fn bind(source: &Path, target: &Path, writable: bool) {
 /// The environment marker of the second exec (see [`run`]).
 const MAPPED: &str = "CHIRON_AGENT_MAPPED";
 
-/// Entry point of `chiron runner-agent`. Never returns.
+/// Entry point of `chiron runner-agent` and `chiron-runner-agent` (named `program` in
+/// errors): runs the agent described by the JSON `spec`, or says why it cannot and returns
+/// the exit code for a usage error.
+pub fn run_json(program: &str, spec: &str) -> std::process::ExitCode {
+    match serde_json::from_str(spec) {
+        Ok(spec) => run(spec),
+        Err(err) => {
+            eprintln!("{program}: bad spec: {err}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the agent. Never returns.
 pub fn run(spec: AgentSpec) -> ! {
     if std::env::var_os(MAPPED).is_none() {
         // Outer stage, first exec: the gateway writes our id maps, then says `go`. Our first

@@ -19,13 +19,7 @@ fn main() -> ExitCode {
     }
     if let Command::RunnerAgent { spec } = &cli.command {
         // Inside a fresh sandbox: no configuration, no logging setup, no async runtime.
-        match serde_json::from_str(spec) {
-            Ok(spec) => chiron_runner::agent::run(spec),
-            Err(err) => {
-                eprintln!("chiron runner-agent: bad spec: {err}");
-                return ExitCode::from(2);
-            }
-        }
+        return chiron_runner::agent::run_json("chiron runner-agent", spec);
     }
     // The configuration is validated before anything touches the data directory.
     let config = match chiron_server::config::load(cli.config.as_deref()) {

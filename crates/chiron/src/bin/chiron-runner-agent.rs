@@ -11,11 +11,5 @@ fn main() -> ExitCode {
         eprintln!("chiron-runner-agent: usage: chiron-runner-agent <spec>");
         return ExitCode::from(2);
     };
-    match serde_json::from_str(&spec) {
-        Ok(spec) => chiron_runner::agent::run(spec),
-        Err(err) => {
-            eprintln!("chiron-runner-agent: bad spec: {err}");
-            ExitCode::from(2)
-        }
-    }
+    chiron_runner::agent::run_json("chiron-runner-agent", &spec)
 }
