@@ -1121,32 +1121,33 @@ impl EgressProxy {
                 let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
                 parts.uri = match format!("{scheme}://{host}:{port}{path_and_query}").parse() {
                     Ok(uri) => uri,
-                    Err(_) => return bad_target(audit),
+                    Err(_) => {
+                        audit.finish(StatusCode::BAD_REQUEST, "bad_request");
+                        return refusal(
+                            StatusCode::BAD_REQUEST,
+                            "http_request_error",
+                            "bad target",
+                        );
+                    }
                 };
                 parts.headers.remove(http::header::HOST);
             }
             // The tunnel's connection is already to the host: origin-form and the `Host` the
             // client sent (checked above to name the CONNECT target).
             Via::Tunnel(_) => {
-                if parts.uri.authority().is_some() {
+                if let Some(authority) = parts.uri.authority().cloned() {
                     if !parts.headers.contains_key(http::header::HOST) {
-                        let authority = parts.uri.authority().map(|a| a.as_str()).unwrap_or(host);
-                        if let Ok(value) = HeaderValue::from_str(authority) {
+                        if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
                             parts.headers.insert(http::header::HOST, value);
                         }
                     }
-                    let mut origin = http::uri::Parts::default();
-                    origin.path_and_query = Some(
+                    parts.uri = Uri::from(
                         parts
                             .uri
                             .path_and_query()
                             .cloned()
                             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
                     );
-                    parts.uri = match Uri::from_parts(origin) {
-                        Ok(uri) => uri,
-                        Err(_) => return bad_target(audit),
-                    };
                 }
             }
         }
@@ -1337,12 +1338,6 @@ fn inject(
         }
     }
     Ok(injected)
-}
-
-/// Audits and answers a request whose target cannot be written as a URI.
-fn bad_target(audit: Audit) -> Response<ProxyBody> {
-    audit.finish(StatusCode::BAD_REQUEST, "bad_request");
-    refusal(StatusCode::BAD_REQUEST, "http_request_error", "bad target")
 }
 
 /// Audits and answers a request the upstream failed (connection, TLS or a broken body).
