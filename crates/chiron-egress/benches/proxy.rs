@@ -9,8 +9,13 @@
 //! request with none of chiron's work. Client, proxy and upstream share this machine's cores,
 //! so the proxied path runs twice the TLS and HTTP endpoints of the direct one.
 //!
-//! Run: `cargo bench -p chiron-egress --bench proxy`; `CHIRON_BENCH_REQUESTS` (default 2000)
-//! and `CHIRON_BENCH_SECONDS` (default 3) adjust it.
+//! Throughput is measured in short windows, direct, proxied and relayed in turn (the order
+//! rotating), for several rounds: this machine's speed drifts by tens of percent within a
+//! minute, and a ratio taken from windows far apart measures the drift as much as the proxy.
+//! Each round gives its own ratios; the median round is reported, with the spread.
+//!
+//! Run: `cargo bench -p chiron-egress --bench proxy`; `CHIRON_BENCH_REQUESTS` (default 2000),
+//! `CHIRON_BENCH_ROUNDS` (default 12) and `CHIRON_BENCH_WINDOW_MS` (default 500) adjust it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -192,8 +197,8 @@ async fn latency(client: &reqwest::Client, url: &str, n: usize) -> (Duration, Du
     )
 }
 
-async fn throughput(client: &reqwest::Client, url: &str, seconds: u64) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
+async fn throughput(client: &reqwest::Client, url: &str, window: Duration) -> f64 {
+    let deadline = Instant::now() + window;
     let mut tasks = Vec::new();
     for _ in 0..16 {
         let (client, url) = (client.clone(), url.to_owned());
@@ -212,7 +217,17 @@ async fn throughput(client: &reqwest::Client, url: &str, seconds: u64) -> f64 {
     for task in tasks {
         total += task.await.unwrap();
     }
-    total as f64 / seconds as f64
+    total as f64 / window.as_secs_f64()
+}
+
+/// The median and the range of `values`.
+fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    (
+        values[values.len() / 2],
+        values[0],
+        values[values.len() - 1],
+    )
 }
 
 fn main() {
@@ -220,10 +235,16 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
-    let seconds: u64 = std::env::var("CHIRON_BENCH_SECONDS")
+    let rounds: usize = std::env::var("CHIRON_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(12);
+    let window = Duration::from_millis(
+        std::env::var("CHIRON_BENCH_WINDOW_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(500),
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -329,24 +350,41 @@ fn main() {
         let url_proxied = format!("https://{HOST}/items");
 
         println!(
-            "egress benchmark: {requests} sequential requests, then 16 concurrent for {seconds}s (two rounds)"
+            "egress benchmark: {requests} sequential requests, then 16 concurrent in {rounds} rounds of {} ms windows",
+            window.as_millis()
         );
         if std::env::var("CHIRON_BENCH_ONLY").as_deref() == Ok("proxy") {
             // For profiling the proxied path alone.
-            let rps = throughput(&proxied, &url_proxied, seconds).await;
+            let rps = throughput(&proxied, &url_proxied, window * rounds as u32).await;
             println!("through the proxy only: {rps:.0} req/s");
             return;
         }
         let (direct_p50, direct_p99) = latency(&direct, &url, requests).await;
         let (proxy_p50, proxy_p99) = latency(&proxied, &url_proxied, requests).await;
         let (relay_p50, relay_p99) = latency(&relayed, &url_proxied, requests).await;
-        // Two interleaved rounds, averaged: the machine's speed drifts within a run.
-        let (mut direct_rps, mut proxy_rps, mut relay_rps) = (0.0, 0.0, 0.0);
-        for _ in 0..2 {
-            direct_rps += throughput(&direct, &url, seconds).await / 2.0;
-            proxy_rps += throughput(&proxied, &url_proxied, seconds).await / 2.0;
-            relay_rps += throughput(&relayed, &url_proxied, seconds).await / 2.0;
+        // Rounds of three windows each; the order rotates so that no path always follows
+        // the same one (a window inherits a little of the previous one's state).
+        let paths = [(&direct, url.as_str()), (&proxied, url_proxied.as_str()), (&relayed, url_proxied.as_str())];
+        let mut rates = vec![Vec::with_capacity(rounds); 3];
+        // Warm up: the first 16-way window of each path opens its connections and tunnels.
+        for (client, target) in paths {
+            throughput(client, target, window / 2).await;
         }
+        for round in 0..rounds {
+            for turn in 0..3 {
+                let which = (round + turn) % 3;
+                let (client, target) = paths[which];
+                rates[which].push(throughput(client, target, window).await);
+            }
+        }
+        let mean = |r: &[f64]| r.iter().sum::<f64>() / r.len() as f64;
+        let (direct_rps, proxy_rps, relay_rps) = (mean(&rates[0]), mean(&rates[1]), mean(&rates[2]));
+        let per_round = |which: usize| -> Vec<f64> {
+            rates[which].iter().zip(&rates[0]).map(|(r, d)| r / d).collect()
+        };
+        let proxy_ratio = spread(per_round(1));
+        let relay_ratio = spread(per_round(2));
+        let over_relay = spread(rates[1].iter().zip(&rates[2]).map(|(p, r)| p / r).collect());
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
             "direct TLS            p50 {:>7.3} ms  p99 {:>7.3} ms  {:>8.0} req/s",
@@ -366,12 +404,13 @@ fn main() {
             ms(relay_p99),
             relay_rps
         );
+        let show = |(median, low, high): (f64, f64, f64)| format!("{median:.2}x ({low:.2}-{high:.2})");
+        println!("added p50: {:.3} ms", ms(proxy_p50) - ms(direct_p50));
         println!(
-            "added p50: {:.3} ms   throughput ratio: {:.2}x   (bare relay: {:.2}x; chiron / bare relay: {:.2}x)",
-            ms(proxy_p50) - ms(direct_p50),
-            proxy_rps / direct_rps,
-            relay_rps / direct_rps,
-            proxy_rps / relay_rps
+            "throughput vs direct, median round (range): proxy {}   bare relay {}   proxy / bare relay {}",
+            show(proxy_ratio),
+            show(relay_ratio),
+            show(over_relay)
         );
         proxy.flush_audit().await;
         let audited = db.egress_requests(None, 5).await.unwrap();
