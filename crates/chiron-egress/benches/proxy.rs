@@ -365,7 +365,7 @@ fn main() {
         // Rounds of three windows each; the order rotates so that no path always follows
         // the same one (a window inherits a little of the previous one's state).
         let paths = [(&direct, url.as_str()), (&proxied, url_proxied.as_str()), (&relayed, url_proxied.as_str())];
-        let mut rates = vec![Vec::with_capacity(rounds); 3];
+        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); 3];
         // Warm up: the first 16-way window of each path opens its connections and tunnels.
         for (client, target) in paths {
             throughput(client, target, window / 2).await;
