@@ -122,6 +122,28 @@ backend_tests!(
         let last = store.egress_requests(Some("batch-599"), 10).await.unwrap();
         assert_eq!(last.len(), 1);
         assert_eq!((last[0].package.as_str(), last[0].bytes_in), ("github", 42));
+
+        // Values that need escaping on their way in come back exactly.
+        let odd = EgressRecord {
+            path: "/a b/\"q\"/\\/\u{7}/é/\u{1F600}/'; DROP TABLE x; --".into(),
+            host: String::new(),
+            runner_id: "[1, 2]".into(),
+            call_id: Some("odd".into()),
+            status: i64::MAX,
+            bytes_in: i64::MIN,
+            bytes_out: -1,
+            injected: vec![],
+            ..record(None, "null")
+        };
+        store.record_egress(&odd).await.unwrap();
+        let back = store.egress_requests(Some("odd"), 10).await.unwrap();
+        assert_eq!(
+            back,
+            vec![EgressRecord {
+                at: back[0].at,
+                ..odd
+            }]
+        );
     }
 );
 

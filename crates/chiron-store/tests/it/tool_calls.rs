@@ -51,3 +51,21 @@ backend_tests!(
         );
     }
 );
+
+backend_tests!(
+    tool_call_values_that_need_escaping_come_back_exactly,
+    |store: Store| async move {
+        let mut odd = call(
+            PrincipalId::new(),
+            "t\"o\\o\u{1}l",
+            Some("{\"k\":\"é\u{1F600}\"}"),
+        );
+        odd.arg_keys = vec!["a,b".into(), "\"".into(), String::new()];
+        odd.runner_id = None;
+        odd.arg_bytes = i64::MAX;
+        odd.duration_ms = i64::MIN;
+        store.record_tool_call(&odd).await.unwrap();
+        let back = store.list_tool_calls(&Default::default()).await.unwrap();
+        assert_eq!(back, vec![odd]);
+    }
+);

@@ -1,0 +1,125 @@
+//! What one audit row costs to store, in CPU time of the whole process (the async side and
+//! SQLite's worker thread), for the two tables written on every request: `egress_requests`
+//! (one row per proxied request) and `tool_calls` (one row per MCP tool call). Rows are
+//! written the way the gateway's batch writers write them: many rows per call, one
+//! transaction each. SQLite in WAL mode, as a gateway has it by default.
+//!
+//! Run: `cargo bench -p chiron-store --bench audit`; `CHIRON_BENCH_ROWS` (default 100000)
+//! sets the rows per table, `CHIRON_BENCH_BATCH` (default 512) the rows per call.
+
+use std::time::{Duration, Instant};
+
+use chiron_core::{PrincipalId, TokenId};
+use chiron_store::secrets::EgressRecord;
+use chiron_store::tool_calls::ToolCallRecord;
+use chiron_store::{ConnectOptions, Store};
+
+fn process_cpu() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: the call only writes to the local passed by pointer.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) == 0 };
+    assert!(ok, "cannot read the process CPU clock");
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+fn egress_row(principal: PrincipalId, call: &str) -> EgressRecord {
+    EgressRecord {
+        at: time::OffsetDateTime::now_utc(),
+        principal_id: principal,
+        runner_id: "runner-0196f2c4a1b27c3e".into(),
+        package: "github".into(),
+        call_id: Some(call.to_owned()),
+        method: "GET".into(),
+        host: "api.github.com".into(),
+        path: "/repos/acme/widgets/issues".into(),
+        status: 200,
+        bytes_out: 0,
+        bytes_in: 5120,
+        duration_ms: 84,
+        injected: vec!["GITHUB_TOKEN".into()],
+        outcome: "ok".into(),
+    }
+}
+
+fn call_row(principal: PrincipalId, call: &str) -> ToolCallRecord {
+    ToolCallRecord {
+        call_id: call.to_owned(),
+        at: time::OffsetDateTime::now_utc(),
+        principal_id: principal,
+        token_id: TokenId::new(),
+        tool: "github_list_issues".into(),
+        package: "github".into(),
+        arg_keys: vec!["repo".into(), "state".into()],
+        arg_bytes: 38,
+        arg_values: None,
+        outcome: "ok".into(),
+        duration_ms: 91,
+        runner_id: Some("runner-0196f2c4a1b27c3e".into()),
+    }
+}
+
+fn main() {
+    let rows: usize = std::env::var("CHIRON_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let batch: usize = std::env::var("CHIRON_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&ConnectOptions {
+            url: format!("sqlite:{}", dir.path().join("bench.db").display()),
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(10),
+        })
+        .await
+        .unwrap();
+        store.migrate().await.unwrap();
+        let principal = store.create_principal("alice").await.unwrap().id;
+        let call = uuid::Uuid::now_v7().to_string();
+
+        println!("audit storage benchmark: {rows} rows per table, {batch} per transaction");
+        // Twice each, alternating: the first pass of each warms the statement cache and
+        // the file; the second is reported.
+        for pass in 0..2 {
+            let records: Vec<EgressRecord> =
+                (0..rows).map(|_| egress_row(principal, &call)).collect();
+            let (cpu, wall) = (process_cpu(), Instant::now());
+            for chunk in records.chunks(batch) {
+                store.record_egress_batch(chunk).await.unwrap();
+            }
+            let (egress_cpu, egress_wall) = (process_cpu() - cpu, wall.elapsed());
+
+            let records: Vec<ToolCallRecord> =
+                (0..rows).map(|_| call_row(principal, &call)).collect();
+            let (cpu, wall) = (process_cpu(), Instant::now());
+            for chunk in records.chunks(batch) {
+                store.record_tool_calls(chunk).await.unwrap();
+            }
+            let (calls_cpu, calls_wall) = (process_cpu() - cpu, wall.elapsed());
+            if pass == 1 {
+                let per_row = |d: Duration| d.as_secs_f64() * 1e6 / rows as f64;
+                println!(
+                    "egress_requests  CPU {:>6.2} µs/row  wall {:>6.2} µs/row",
+                    per_row(egress_cpu),
+                    per_row(egress_wall)
+                );
+                println!(
+                    "tool_calls       CPU {:>6.2} µs/row  wall {:>6.2} µs/row",
+                    per_row(calls_cpu),
+                    per_row(calls_wall)
+                );
+            }
+        }
+    });
+}
