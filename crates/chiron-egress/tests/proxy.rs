@@ -132,12 +132,23 @@ async fn cached_values_follow_changes_made_by_other_processes() {
     assert_eq!(value(&server, alice).await.as_deref(), Some("team"));
     server.changed_elsewhere();
     assert_eq!(value(&server, alice).await.as_deref(), Some("unannounced"));
+
+    // A marker deleted (or replaced) under a running server: the next change, which makes a
+    // new marker, is still seen on the next read.
+    std::fs::remove_file(&marker).unwrap();
+    assert_eq!(value(&server, alice).await.as_deref(), Some("unannounced"));
+    cli.set(
+        "TOKEN",
+        SecretOwner::Principal(alice),
+        "third",
+        Actor::cli(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(value(&server, alice).await.as_deref(), Some("third"));
     // Without a marker every read goes to storage.
     let uncached = Secrets::with_keyring(db.clone(), key());
-    assert_eq!(
-        value(&uncached, alice).await.as_deref(),
-        Some("unannounced")
-    );
+    assert_eq!(value(&uncached, alice).await.as_deref(), Some("third"));
 }
 
 /// On PostgreSQL every change is announced to other replicas (other hosts, other markers),
