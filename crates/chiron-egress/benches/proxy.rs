@@ -230,21 +230,18 @@ fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
     )
 }
 
+/// A setting from the environment, or its default.
+fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn main() {
-    let requests: usize = std::env::var("CHIRON_BENCH_REQUESTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
-    let rounds: usize = std::env::var("CHIRON_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(12);
-    let window = Duration::from_millis(
-        std::env::var("CHIRON_BENCH_WINDOW_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(500),
-    );
+    let requests: usize = setting("CHIRON_BENCH_REQUESTS", 2000);
+    let rounds: usize = setting("CHIRON_BENCH_ROUNDS", 12);
+    let window = Duration::from_millis(setting("CHIRON_BENCH_WINDOW_MS", 500));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -61,15 +61,17 @@ fn call_row(principal: PrincipalId, call: &str) -> ToolCallRecord {
     }
 }
 
+/// A setting from the environment, or its default.
+fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn main() {
-    let rows: usize = std::env::var("CHIRON_BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
-    let batch: usize = std::env::var("CHIRON_BENCH_BATCH")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(512);
+    let rows: usize = setting("CHIRON_BENCH_ROWS", 100_000);
+    let batch: usize = setting("CHIRON_BENCH_BATCH", 512);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
