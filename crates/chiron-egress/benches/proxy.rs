@@ -361,7 +361,11 @@ fn main() {
         let (relay_p50, relay_p99) = latency(&relayed, &url_proxied, requests).await;
         // Rounds of three windows each; the order rotates so that no path always follows
         // the same one (a window inherits a little of the previous one's state).
-        let paths = [(&direct, url.as_str()), (&proxied, url_proxied.as_str()), (&relayed, url_proxied.as_str())];
+        let paths = [
+            (&direct, url.as_str()),
+            (&proxied, url_proxied.as_str()),
+            (&relayed, url_proxied.as_str()),
+        ];
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); 3];
         // Warm up: the first 16-way window of each path opens its connections and tunnels.
         for (client, target) in paths {
@@ -375,7 +379,8 @@ fn main() {
             }
         }
         let mean = |r: &[f64]| r.iter().sum::<f64>() / r.len() as f64;
-        let (direct_rps, proxy_rps, relay_rps) = (mean(&rates[0]), mean(&rates[1]), mean(&rates[2]));
+        let (direct_rps, proxy_rps, relay_rps) =
+            (mean(&rates[0]), mean(&rates[1]), mean(&rates[2]));
         let per_round = |which: usize| -> Vec<f64> {
             rates[which].iter().zip(&rates[0]).map(|(r, d)| r / d).collect()
         };
