@@ -289,7 +289,9 @@ fn main() {
         }
         drop(direct);
 
-        let http = reqwest::Client::builder().tcp_nodelay(true).build().unwrap();
+        // One HTTP client (one connection pool) per MCP client, as each real client has its
+        // own: connections a client left open must not carry another client's requests.
+        let new_http = || reqwest::Client::builder().tcp_nodelay(true).build().unwrap();
         println!("end-to-end benchmark: {calls} warm calls per row through /mcp of `chiron serve`");
         println!("{:<52} p50 {:>7.3} ms  p99 {:>7.3} ms", "baseline: plain exec of /bin/true on the host", ms(p50(&mut host)), ms(p99(&mut host)));
         println!("{:<52} p50 {:>7.3} ms  p99 {:>7.3} ms", "baseline: the stdio server called directly", ms(p50(&mut stdio_direct)), ms(p99(&mut stdio_direct)));
@@ -297,6 +299,7 @@ fn main() {
             let mut clients = Vec::new();
             for (label, gateway) in &gateways {
                 let url = format!("http://127.0.0.1:{}/mcp", gateway.port);
+                let http = new_http();
                 let mut client = Client { http: http.clone(), url: url.clone(), token: gateway.token.clone(), session: None, next_id: 0 };
                 if form == "session" {
                     let (headers, _) = client
