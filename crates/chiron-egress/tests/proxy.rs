@@ -98,27 +98,16 @@ async fn cached_values_follow_changes_made_by_other_processes() {
     let server = Secrets::with_keyring(db.clone(), key()).with_change_marker(marker.clone());
     let cli = Secrets::with_keyring(db.clone(), key()).with_change_marker(marker.clone());
     let alice = PrincipalId::new();
+    // Alice's own value, set as the CLI sets it.
+    let set =
+        |value: &'static str| cli.set("TOKEN", SecretOwner::Principal(alice), value, Actor::cli());
     assert_eq!(value(&server, alice).await, None);
-    cli.set(
-        "TOKEN",
-        SecretOwner::Principal(alice),
-        "first",
-        Actor::cli(),
-    )
-    .await
-    .unwrap();
+    set("first").await.unwrap();
     assert_eq!(value(&server, alice).await.as_deref(), Some("first"));
     cli.set("TOKEN", SecretOwner::Team, "team", Actor::cli())
         .await
         .unwrap();
-    cli.set(
-        "TOKEN",
-        SecretOwner::Principal(alice),
-        "second",
-        Actor::cli(),
-    )
-    .await
-    .unwrap();
+    set("second").await.unwrap();
     assert_eq!(value(&server, alice).await.as_deref(), Some("second"));
     cli.delete("TOKEN", SecretOwner::Principal(alice), Actor::cli())
         .await
@@ -137,14 +126,7 @@ async fn cached_values_follow_changes_made_by_other_processes() {
     // new marker, is still seen on the next read.
     std::fs::remove_file(&marker).unwrap();
     assert_eq!(value(&server, alice).await.as_deref(), Some("unannounced"));
-    cli.set(
-        "TOKEN",
-        SecretOwner::Principal(alice),
-        "third",
-        Actor::cli(),
-    )
-    .await
-    .unwrap();
+    set("third").await.unwrap();
     assert_eq!(value(&server, alice).await.as_deref(), Some("third"));
     // Without a marker every read goes to storage.
     let uncached = Secrets::with_keyring(db.clone(), key());

@@ -25,6 +25,13 @@ fn process_cpu() -> Duration {
     Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
+/// The CPU time (whole process) and wall time `work` takes.
+async fn timed(work: impl std::future::Future<Output = ()>) -> (Duration, Duration) {
+    let (cpu, wall) = (process_cpu(), Instant::now());
+    work.await;
+    (process_cpu() - cpu, wall.elapsed())
+}
+
 fn egress_row(principal: PrincipalId, call: &str) -> EgressRecord {
     EgressRecord {
         at: time::OffsetDateTime::now_utc(),
@@ -94,33 +101,39 @@ fn main() {
         // Twice each, alternating: the first pass of each warms the statement cache and
         // the file; the second is reported.
         for pass in 0..2 {
-            let records: Vec<EgressRecord> =
+            let egress: Vec<EgressRecord> =
                 (0..rows).map(|_| egress_row(principal, &call)).collect();
-            let (cpu, wall) = (process_cpu(), Instant::now());
-            for chunk in records.chunks(batch) {
-                store.record_egress_batch(chunk).await.unwrap();
-            }
-            let (egress_cpu, egress_wall) = (process_cpu() - cpu, wall.elapsed());
-
-            let records: Vec<ToolCallRecord> =
+            let calls: Vec<ToolCallRecord> =
                 (0..rows).map(|_| call_row(principal, &call)).collect();
-            let (cpu, wall) = (process_cpu(), Instant::now());
-            for chunk in records.chunks(batch) {
-                store.record_tool_calls(chunk).await.unwrap();
-            }
-            let (calls_cpu, calls_wall) = (process_cpu() - cpu, wall.elapsed());
+            let measured = [
+                (
+                    "egress_requests",
+                    timed(async {
+                        for chunk in egress.chunks(batch) {
+                            store.record_egress_batch(chunk).await.unwrap();
+                        }
+                    })
+                    .await,
+                ),
+                (
+                    "tool_calls",
+                    timed(async {
+                        for chunk in calls.chunks(batch) {
+                            store.record_tool_calls(chunk).await.unwrap();
+                        }
+                    })
+                    .await,
+                ),
+            ];
             if pass == 1 {
                 let per_row = |d: Duration| d.as_secs_f64() * 1e6 / rows as f64;
-                println!(
-                    "egress_requests  CPU {:>6.2} µs/row  wall {:>6.2} µs/row",
-                    per_row(egress_cpu),
-                    per_row(egress_wall)
-                );
-                println!(
-                    "tool_calls       CPU {:>6.2} µs/row  wall {:>6.2} µs/row",
-                    per_row(calls_cpu),
-                    per_row(calls_wall)
-                );
+                for (table, (cpu, wall)) in measured {
+                    println!(
+                        "{table:<16} CPU {:>6.2} µs/row  wall {:>6.2} µs/row",
+                        per_row(cpu),
+                        per_row(wall)
+                    );
+                }
             }
         }
     });
