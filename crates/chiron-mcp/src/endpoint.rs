@@ -29,6 +29,32 @@ pub struct McpEndpoint {
     session_manager: Arc<LocalSessionManager>,
 }
 
+/// rmcp's service behind an `Arc`. The router clones a route's service for every request
+/// (several times, through its layers), and rmcp's service clones its whole configuration,
+/// host and origin lists included; this clone is a reference count.
+#[derive(Clone)]
+struct Shared(Arc<StreamableHttpService<McpHandler, LocalSessionManager>>);
+
+impl tower::Service<axum::extract::Request> for Shared {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move { Ok(service.handle(request).await.map(axum::body::Body::new)) })
+    }
+}
+
 fn is_loopback(host: &str) -> bool {
     matches!(host, "localhost" | "127.0.0.1" | "[::1]" | "::1")
 }
@@ -109,11 +135,11 @@ impl McpEndpoint {
             .with_max_request_body_bytes(mcp.max_body_bytes)
             .with_cancellation_token(shutdown);
         let handler = McpHandler::new(catalog);
-        let service = StreamableHttpService::new(
+        let service = Shared(Arc::new(StreamableHttpService::new(
             move || Ok(handler.clone()),
             session_manager.clone(),
             rmcp_config,
-        );
+        )));
 
         let gate_state = Arc::new(Gate {
             auth,
