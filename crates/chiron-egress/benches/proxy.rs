@@ -31,6 +31,9 @@ use chiron_store::secrets::SecretOwner;
 use chiron_tools::{EgressHost, Injection, SecretInjection};
 use tokio_util::sync::CancellationToken;
 
+#[path = "../../../benches/common.rs"]
+mod common;
+
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -230,23 +233,11 @@ fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
     )
 }
 
-/// A setting from the environment, or its default.
-fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
-    let requests: usize = setting("CHIRON_BENCH_REQUESTS", 2000);
-    let rounds: usize = setting("CHIRON_BENCH_ROUNDS", 12);
-    let window = Duration::from_millis(setting("CHIRON_BENCH_WINDOW_MS", 500));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let requests: usize = common::setting("CHIRON_BENCH_REQUESTS", 2000);
+    let rounds: usize = common::setting("CHIRON_BENCH_ROUNDS", 12);
+    let window = Duration::from_millis(common::setting("CHIRON_BENCH_WINDOW_MS", 500));
+    let runtime = common::runtime();
     runtime.block_on(async {
         let (upstream, upstream_ca) = upstream().await;
         let dir = tempfile::tempdir().unwrap();

@@ -14,6 +14,9 @@ use chiron_store::secrets::EgressRecord;
 use chiron_store::tool_calls::ToolCallRecord;
 use chiron_store::{ConnectOptions, Store};
 
+#[path = "../../../benches/common.rs"]
+mod common;
+
 fn process_cpu() -> Duration {
     let mut now = libc::timespec {
         tv_sec: 0,
@@ -68,22 +71,10 @@ fn call_row(principal: PrincipalId, call: &str) -> ToolCallRecord {
     }
 }
 
-/// A setting from the environment, or its default.
-fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
-    let rows: usize = setting("CHIRON_BENCH_ROWS", 100_000);
-    let batch: usize = setting("CHIRON_BENCH_BATCH", 512);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rows: usize = common::setting("CHIRON_BENCH_ROWS", 100_000);
+    let batch: usize = common::setting("CHIRON_BENCH_BATCH", 512);
+    let runtime = common::runtime();
     runtime.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::connect(&ConnectOptions {

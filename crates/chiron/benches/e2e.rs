@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+#[path = "../../../benches/common.rs"]
+mod common;
+
 /// The small stdio MCP server both sides of the mcp-stdio rows call.
 const STDIO_SERVER: &str = include_str!("../tests/fixtures/stdio_server.py");
 
@@ -237,10 +240,7 @@ impl Gateway {
 }
 
 fn main() {
-    let calls: usize = std::env::var("CHIRON_BENCH_CALLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+    let calls: usize = common::setting("CHIRON_BENCH_CALLS", 1000);
     let only = std::env::var("CHIRON_BENCH_ONLY").ok();
     let mut gateways = vec![("", Gateway::start(env!("CARGO_BIN_EXE_chiron").into()))];
     if let Ok(other) = std::env::var("CHIRON_BENCH_AGAINST") {
@@ -261,11 +261,7 @@ fn main() {
         host.push(started.elapsed());
     }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime();
     runtime.block_on(async {
         let mut child = tokio::process::Command::new("python3")
             .arg(&stdio_server)

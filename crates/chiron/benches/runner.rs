@@ -15,6 +15,9 @@ use chiron_runner::local::{LocalBackend, LocalConfig, Mounts};
 use chiron_runner::{CommandCall, PoolConfig, RunnerBackend, RunnerPool, StdioCall, ToolRunner};
 use chiron_tools::{PackageKind, ToolPackage};
 
+#[path = "../../../benches/common.rs"]
+mod common;
+
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples.sort();
     samples[((samples.len() as f64 - 1.0) * p).round() as usize]
@@ -56,10 +59,7 @@ fn memory_kib(pid: u32) -> (u64, u64) {
 }
 
 fn main() {
-    let calls: usize = std::env::var("CHIRON_BENCH_CALLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+    let calls: usize = common::setting("CHIRON_BENCH_CALLS", 300);
     let data = tempfile::tempdir().unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
@@ -106,11 +106,7 @@ fn main() {
     };
     std::fs::create_dir_all(&config.data_dir).unwrap();
     std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o711)).unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime();
     let call = |principal| CommandCall {
         principal,
         package: package.clone(),

@@ -1,0 +1,19 @@
+//! What every benchmark binary of the workspace shares. Benches of several crates include this
+//! file by path (`#[path = "../../../benches/common.rs"] mod common;`).
+
+/// A setting from the environment, or its default.
+pub fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The runtime a benchmark drives its side on: two workers, every driver enabled.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime")
+}
