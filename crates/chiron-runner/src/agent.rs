@@ -644,26 +644,48 @@ struct Exit {
 /// that happens between the reaper's `ECHILD` and its wait is never missed.
 type Spawned = Arc<(Mutex<u64>, std::sync::Condvar)>;
 
+/// Tells the reaper a child was started.
+fn wake_reaper(spawned: &Spawned) {
+    let (generation, wake) = &**spawned;
+    *generation.lock().expect("invariant: spawn lock") += 1;
+    wake.notify_one();
+}
+
 /// Reaps every child: ours are reported to their waiting call, orphans that were re-parented
 /// to PID 1 are simply collected so no zombie remains.
+///
+/// A child is first seen without being collected (`WNOWAIT`), then collected by its pid under
+/// the `pending` lock, which every spawn holds. `Command::spawn` collects a child itself when
+/// its exec fails, and panics if something else got there first; taking the lock waits for
+/// such a spawn to finish, after which that child is simply gone (`ECHILD`).
 fn reaper(pending: Pending, spawned: Spawned) {
     let (generation, wake) = &*spawned;
     loop {
         let seen = *generation.lock().expect("invariant: spawn lock");
-        let mut status = 0;
-        // SAFETY: waiting for any child of this process.
-        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-        if pid < 0 {
+        // SAFETY: an all-zero siginfo_t is a valid value for waitid to fill in.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waiting for any child of this process to exit, leaving it waitable.
+        let waited =
+            unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if waited < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
             // No children: sleep until the next spawn.
             let guard = generation.lock().expect("invariant: spawn lock");
             let _unused = wake.wait_while(guard, |current| *current == seen);
             continue;
         }
-        if let Some(exit) = pending
-            .lock()
-            .expect("invariant: pending lock")
-            .remove(&pid)
-        {
+        // SAFETY: waitid succeeded for an exited child, so the pid field is set.
+        let pid = unsafe { info.si_pid() };
+        let mut pending = pending.lock().expect("invariant: pending lock");
+        let mut status = 0;
+        // SAFETY: collecting one child that has exited, if nothing else collected it meanwhile.
+        let reaped = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if reaped != pid {
+            continue;
+        }
+        if let Some(exit) = pending.remove(&pid) {
             let _ = exit.status.send(status);
             drop(exit.closed);
         }
@@ -883,11 +905,7 @@ fn run_one(id: u64, run: RunRequest, pending: &Pending, spawned: &Spawned) -> Re
     let pid = child.id() as i32;
     guard.insert(pid, Exit { status: tx, closed });
     drop(guard);
-    {
-        let (generation, wake) = &**spawned;
-        *generation.lock().expect("invariant: spawn lock") += 1;
-        wake.notify_one();
-    }
+    wake_reaper(spawned);
 
     let mut pipes = CallPipes::new(&mut child, run.stdin);
     let deadline = started + Duration::from_millis(run.timeout_ms);
@@ -913,7 +931,7 @@ fn run_one(id: u64, run: RunRequest, pending: &Pending, spawned: &Spawned) -> Re
 
 /// Starts a long-lived server in its own process group and hands its stdin, stdout and stderr
 /// to the gateway. The reaper collects it when it exits, like any orphan.
-fn start_stdio(id: u64, request: StdioRequest) {
+fn start_stdio(id: u64, request: StdioRequest, pending: &Pending, wake: &Spawned) {
     use std::os::fd::AsFd;
     // SAFETY: the control socket is open for the agent's whole life.
     let control = unsafe { std::os::fd::BorrowedFd::borrow_raw(crate::control::CONTROL_FD) };
@@ -926,7 +944,14 @@ fn start_stdio(id: u64, request: StdioRequest) {
         let _ = crate::control::send(control, &message, &[]);
         return;
     };
-    let spawned = command(program, args, &request.env, &request.cwd).spawn();
+    let spawned = {
+        // Spawning under the reaper's lock, like every spawn (see [`reaper`]).
+        let _guard = pending.lock().expect("invariant: pending lock");
+        command(program, args, &request.env, &request.cwd).spawn()
+    };
+    if spawned.is_ok() {
+        wake_reaper(wake);
+    }
     let sent = match spawned {
         Ok(mut child) => {
             message.pid = Some(child.id() as i32);
@@ -954,6 +979,15 @@ fn start_stdio(id: u64, request: StdioRequest) {
 }
 
 fn serve() -> ! {
+    // A panic on any thread ends the agent, and with it the sandbox: the gateway sees the
+    // runner exit, fails its calls with `isError` and starts a new one. A thread left dead
+    // behind a poisoned lock would instead leave calls waiting forever.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        // SAFETY: ending the process at once, without running anything else.
+        unsafe { libc::_exit(101) };
+    }));
     let pending: Pending = Arc::default();
     let spawned: Spawned = Arc::default();
     let (reaper_pending, reaper_spawned) = (pending.clone(), spawned.clone());
@@ -985,7 +1019,7 @@ fn serve() -> ! {
             continue;
         }
         if let Some(stdio) = request.stdio {
-            start_stdio(request.id, stdio);
+            start_stdio(request.id, stdio, &pending, &spawned);
             continue;
         }
         if let Some(pid) = request.kill {

@@ -611,24 +611,42 @@ async fn a_program_that_cannot_start_is_reported() {
     let alice = PrincipalId::new();
     let mut package = (*s.package).clone();
     package.command = vec!["no-such-program".into()];
-    let outcome = s
-        .pool
-        .run_command(CommandCall {
-            principal: alice,
-            package: Arc::new(package),
-            tool: "x".into(),
-            arguments: serde_json::json!({}),
-            timeout: Duration::from_secs(5),
-            call_id: "c".into(),
-        })
-        .await
-        .unwrap();
-    assert_eq!(outcome.exit_code, Some(127));
-    assert!(
-        outcome.stderr_tail.contains("no-such-program"),
-        "{}",
-        outcome.stderr_tail
+    let package = Arc::new(package);
+    // A failed exec is collected by the spawning thread, and the agent's reaper must never
+    // take it first. The reaper waits for any child only while one exists, so one call stays
+    // running throughout (it is dropped, unfinished, when the rounds are done).
+    let holder = s.run_with_timeout(
+        alice,
+        "import time\ntime.sleep(600)",
+        Duration::from_secs(600),
     );
+    let rounds = async {
+        for round in 0..25 {
+            let calls = (0..4).map(|i| {
+                s.pool.run_command(CommandCall {
+                    principal: alice,
+                    package: package.clone(),
+                    tool: "x".into(),
+                    arguments: serde_json::json!({}),
+                    timeout: Duration::from_secs(5),
+                    call_id: format!("c{round}-{i}"),
+                })
+            });
+            for outcome in futures_util::future::join_all(calls).await {
+                let outcome = outcome.unwrap();
+                assert_eq!(outcome.exit_code, Some(127));
+                assert!(
+                    outcome.stderr_tail.contains("no-such-program"),
+                    "{}",
+                    outcome.stderr_tail
+                );
+            }
+        }
+    };
+    tokio::select! {
+        () = rounds => {}
+        outcome = holder => panic!("the holding call ended: {outcome:?}"),
+    }
     assert_eq!(probe(&s, alice, "print('still fine')").await, "still fine");
 }
 
