@@ -31,6 +31,11 @@ use crate::pool::{Runner, RunnerBackend};
 use crate::stdio::StdioServer;
 use crate::tool::{CommandCall, CommandOutcome, RunnerError, StdioCall, StdioOutcome};
 
+/// How long the gateway waits for an agent's answer past when it is due (a call's timeout and
+/// output grace; at once for a server start) before it declares the runner broken and stops it.
+const UNANSWERED_GRACE: Duration = Duration::from_secs(5);
+const STOPPED_ANSWERING: &str = "the runner stopped answering; it was stopped";
+
 /// The installed sources of packages, and the packages themselves, mounted into runners.
 #[derive(Debug, Clone, Default)]
 pub struct Mounts {
@@ -597,7 +602,15 @@ impl LocalRunner {
             ..Default::default()
         };
         self.send(&request).await.map_err(|e| e.to_string())?;
-        let (message, fds) = self.receive().await?;
+        let Ok(received) = tokio::time::timeout(UNANSWERED_GRACE, self.receive()).await else {
+            // The receive stays pending until the control socket closes, which killing the
+            // sandbox does; the runner is broken either way.
+            tracing::warn!(runner = %self.id, "runner agent did not start a server; stopping the runner");
+            self.alive.store(false, Ordering::SeqCst);
+            self.sandbox.kill();
+            return Err(STOPPED_ANSWERING.into());
+        };
+        let (message, fds) = received?;
         if message.id != request.id {
             return Err("the agent answered another request".into());
         }
@@ -732,8 +745,24 @@ impl Runner for LocalRunner {
             }),
             ..Default::default()
         };
-        let response = self.request(request).await;
+        // The agent answers by the call's timeout plus its output grace. A runner that has not
+        // answered well after that is broken: it is stopped, and the next call gets a new one.
+        let id = request.id;
+        let answered = tokio::time::timeout(
+            call.timeout + crate::agent::OUTPUT_GRACE + UNANSWERED_GRACE,
+            self.request(request),
+        )
+        .await;
         drop(credential);
+        let Ok(response) = answered else {
+            self.waiters
+                .lock()
+                .expect("invariant: waiters lock")
+                .remove(&id);
+            tracing::warn!(runner = %self.id, "runner agent did not answer a call; stopping the runner");
+            self.stop().await;
+            return Err(RunnerError::Exited(STOPPED_ANSWERING.into()));
+        };
         let response = response?;
         // A process that could not be started reports like a shell does: status 127.
         let (exit_code, stderr_tail) = match response.error {

@@ -578,6 +578,71 @@ async fn a_killed_runner_fails_the_call_and_the_next_call_gets_a_new_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_that_stops_answering_is_replaced() {
+    let s = sandbox();
+    let alice = PrincipalId::new();
+    let first = s.run(alice, "print('up')").await;
+    // Freeze the agent: it neither runs calls nor answers, but it does not exit either.
+    stop_process(sandbox_init(&first.runner_id));
+    let stuck = s
+        .pool
+        .run_command(CommandCall {
+            principal: alice,
+            package: s.package.clone(),
+            tool: "probe".into(),
+            arguments: serde_json::json!({"code": "print('never')"}),
+            timeout: Duration::from_secs(1),
+            call_id: "stuck".into(),
+        })
+        .await;
+    assert!(
+        matches!(&stuck, Err(chiron_runner::RunnerError::Exited(why)) if why.contains("stopped answering")),
+        "{stuck:?}"
+    );
+    let next = s.run(alice, "print('again')").await;
+    assert_eq!(stdout(&next), "again");
+    assert_ne!(next.runner_id, first.runner_id);
+
+    // The same when the agent is frozen while it starts a stdio server.
+    stop_process(sandbox_init(&next.runner_id));
+    let stuck = s.call_stdio(alice, "pid", Duration::from_secs(30)).await;
+    assert!(
+        matches!(&stuck, Err(chiron_runner::RunnerError::Server(why)) if why.contains("stopped answering")),
+        "{stuck:?}"
+    );
+    let served = s
+        .call_stdio(alice, "pid", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(served["pid"].as_u64().is_some(), "{served}");
+}
+
+/// The host pid of a runner's sandbox PID 1 (its agent).
+fn sandbox_init(runner: &str) -> i32 {
+    let cgroup = PathBuf::from("/sys/fs/cgroup/pids/chiron").join(runner);
+    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap();
+    procs
+        .split_whitespace()
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+                status
+                    .lines()
+                    .any(|line| line.starts_with("NSpid:") && line.ends_with("\t1"))
+            })
+        })
+        .expect("the sandbox's PID 1")
+        .parse()
+        .unwrap()
+}
+
+/// Freezes a process: it stays alive but neither runs nor answers.
+fn stop_process(pid: i32) {
+    // SAFETY: stopping a process of this test's own sandbox.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_pool_leaves_no_process_behind() {
     let s = sandbox();
     let alice = PrincipalId::new();
