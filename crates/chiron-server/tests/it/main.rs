@@ -1,5 +1,6 @@
 //! The HTTP app: health, metrics, request ids, the admin API (on SQLite and PostgreSQL),
-//! readiness against a database that goes away, and graceful draining.
+//! readiness against a database that goes away, graceful draining, and which HTTP thread
+//! serves a connection.
 
 mod admin;
 mod drain;
@@ -7,3 +8,4 @@ mod health;
 mod mcp;
 mod readyz;
 mod support;
+mod threads;
