@@ -5,47 +5,18 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
-use chiron_server::serve::HttpThreads;
 use chiron_store::testing::store;
 use chiron_store::Backend;
 use tokio::sync::{mpsc, oneshot, Mutex};
-use tokio::task::JoinHandle;
 
-use crate::support::TestApp;
+use crate::support::{serve_on_two_threads, Served, TestApp};
 
-/// A server on two HTTP threads with the app's routes plus `extra`, shutting down (with
-/// `grace`) when the returned sender fires.
-struct Served {
-    addr: std::net::SocketAddr,
-    stop: oneshot::Sender<()>,
-    server: JoinHandle<std::io::Result<HttpThreads>>,
-    _db: chiron_store::testing::TestDb,
-}
-
-async fn serve_with(extra: Router, grace: Duration) -> Served {
+/// A server on two HTTP threads with the app's routes plus `extra`, and its database.
+async fn serve_with(extra: Router, grace: Duration) -> (Served, chiron_store::testing::TestDb) {
     let (db_store, db) = store(Backend::Sqlite).await;
     let app = TestApp::new(db_store);
     let app_router = chiron_server::router(app.state.clone()).merge(extra);
-    let listener = chiron_server::serve::bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stop_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(chiron_server::serve::serve(
-        listener,
-        app_router,
-        async move {
-            let _ = stop_rx.await;
-        },
-        grace,
-        2,
-    ));
-    Served {
-        addr,
-        stop,
-        server,
-        _db: db,
-    }
+    (serve_on_two_threads(app_router, grace).await, db)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,7 +38,7 @@ async fn shutdown_drains_in_flight_requests() {
             }
         }),
     );
-    let served = serve_with(slow, Duration::from_secs(30)).await;
+    let (served, _db) = serve_with(slow, Duration::from_secs(30)).await;
 
     let client = reqwest::Client::new();
     let in_flight = tokio::spawn(client.get(format!("http://{}/slow", served.addr)).send());
@@ -99,7 +70,7 @@ async fn stopping_after_the_grace_period_ends_requests_still_running() {
             }
         }),
     );
-    let served = serve_with(stuck, Duration::from_millis(50)).await;
+    let (served, _db) = serve_with(stuck, Duration::from_millis(50)).await;
     let url = format!("http://{}/stuck", served.addr);
     let in_flight = tokio::spawn(reqwest::Client::new().get(url).send());
     started_rx.recv().await.unwrap();

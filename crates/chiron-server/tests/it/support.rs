@@ -107,3 +107,29 @@ impl TestApp {
         self.send(builder.body(body).unwrap()).await
     }
 }
+
+/// `app` served over a real socket on two HTTP threads, shutting down (with `grace`) when
+/// `stop` fires.
+pub struct Served {
+    pub addr: std::net::SocketAddr,
+    pub stop: tokio::sync::oneshot::Sender<()>,
+    pub server: tokio::task::JoinHandle<std::io::Result<chiron_server::serve::HttpThreads>>,
+}
+
+pub async fn serve_on_two_threads(app: axum::Router, grace: std::time::Duration) -> Served {
+    let listener = chiron_server::serve::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(chiron_server::serve::serve(
+        listener,
+        app,
+        async move {
+            let _ = stopped.await;
+        },
+        grace,
+        2,
+    ));
+    Served { addr, stop, server }
+}

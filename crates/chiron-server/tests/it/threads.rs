@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
-use tokio::sync::oneshot;
+
+use crate::support::serve_on_two_threads;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_s_connections_share_one_http_thread() {
@@ -12,20 +13,8 @@ async fn a_peer_s_connections_share_one_http_thread() {
         "/thread",
         get(|| async { std::thread::current().name().unwrap_or_default().to_owned() }),
     );
-    let listener = chiron_server::serve::bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(chiron_server::serve::serve(
-        listener,
-        app,
-        async move {
-            let _ = stopped.await;
-        },
-        Duration::from_secs(5),
-        2,
-    ));
+    let served = serve_on_two_threads(app, Duration::from_secs(5)).await;
+    let addr = served.addr;
     // One client per connection, each kept (with its idle connection open) until the end. The
     // kernel spreads accepts over both threads; each later connection must still be served
     // where the first one is.
@@ -47,6 +36,6 @@ async fn a_peer_s_connections_share_one_http_thread() {
     assert!(threads[0].starts_with("chiron-http-"), "{threads:?}");
     assert!(threads.iter().all(|t| *t == threads[0]), "{threads:?}");
     drop(clients);
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap().stop().await;
+    served.stop.send(()).unwrap();
+    served.server.await.unwrap().unwrap().stop().await;
 }
