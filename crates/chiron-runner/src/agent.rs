@@ -631,7 +631,17 @@ fn install_seccomp() {
     }
 }
 
-type Pending = Arc<Mutex<HashMap<i32, Exit>>>;
+/// The agent's children: every spawn goes through [`Children::spawn`], and one reaper thread
+/// ([`Children::reap`]) collects every exit.
+#[derive(Default)]
+struct Children {
+    /// Calls waiting for their process's exit, by pid. Every spawn holds this lock.
+    pending: Mutex<HashMap<i32, Exit>>,
+    /// The spawn generation, so a spawn between the reaper's `ECHILD` and its wait is never
+    /// missed; `started` wakes the reaper when it changes.
+    generation: Mutex<u64>,
+    started: std::sync::Condvar,
+}
 
 /// Where the reaper reports a call's exit: the wait status on `status`, and dropping
 /// `closed` (the write end of a pipe only this entry holds) wakes the call's poll loop.
@@ -640,54 +650,64 @@ struct Exit {
     closed: std::os::fd::OwnedFd,
 }
 
-/// Wakes the reaper when a child is started. The counter is the spawn generation, so a spawn
-/// that happens between the reaper's `ECHILD` and its wait is never missed.
-type Spawned = Arc<(Mutex<u64>, std::sync::Condvar)>;
+impl Children {
+    /// Starts `command` under the `pending` lock, registering `exit` for the child before the
+    /// reaper can see it exit, and wakes the reaper.
+    fn spawn(
+        &self,
+        command: &mut Command,
+        exit: Option<Exit>,
+    ) -> std::io::Result<std::process::Child> {
+        let mut pending = self.pending.lock().expect("invariant: pending lock");
+        let child = command.spawn()?;
+        if let Some(exit) = exit {
+            pending.insert(child.id() as i32, exit);
+        }
+        drop(pending);
+        *self.generation.lock().expect("invariant: spawn lock") += 1;
+        self.started.notify_one();
+        Ok(child)
+    }
 
-/// Tells the reaper a child was started.
-fn wake_reaper(spawned: &Spawned) {
-    let (generation, wake) = &**spawned;
-    *generation.lock().expect("invariant: spawn lock") += 1;
-    wake.notify_one();
-}
-
-/// Reaps every child: ours are reported to their waiting call, orphans that were re-parented
-/// to PID 1 are simply collected so no zombie remains.
-///
-/// A child is first seen without being collected (`WNOWAIT`), then collected by its pid under
-/// the `pending` lock, which every spawn holds. `Command::spawn` collects a child itself when
-/// its exec fails, and panics if something else got there first; taking the lock waits for
-/// such a spawn to finish, after which that child is simply gone (`ECHILD`).
-fn reaper(pending: Pending, spawned: Spawned) {
-    let (generation, wake) = &*spawned;
-    loop {
-        let seen = *generation.lock().expect("invariant: spawn lock");
-        // SAFETY: an all-zero siginfo_t is a valid value for waitid to fill in.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: waiting for any child of this process to exit, leaving it waitable.
-        let waited =
-            unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
-        if waited < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+    /// Reaps every child, for ever: ours are reported to their waiting call, orphans that were
+    /// re-parented to PID 1 are simply collected so no zombie remains.
+    ///
+    /// A child is first seen without being collected (`WNOWAIT`), then collected by its pid
+    /// under the `pending` lock, which every spawn holds. `Command::spawn` collects a child
+    /// itself when its exec fails, and panics if something else got there first; taking the
+    /// lock waits for such a spawn to finish, after which that child is simply gone.
+    fn reap(&self) -> ! {
+        loop {
+            let seen = *self.generation.lock().expect("invariant: spawn lock");
+            // SAFETY: an all-zero siginfo_t is a valid value for waitid to fill in.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: waiting for any child of this process to exit, leaving it waitable.
+            let waited =
+                unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+            if waited < 0 {
+                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                // No children: sleep until the next spawn.
+                let generation = self.generation.lock().expect("invariant: spawn lock");
+                let _unused = self
+                    .started
+                    .wait_while(generation, |current| *current == seen);
                 continue;
             }
-            // No children: sleep until the next spawn.
-            let guard = generation.lock().expect("invariant: spawn lock");
-            let _unused = wake.wait_while(guard, |current| *current == seen);
-            continue;
-        }
-        // SAFETY: waitid succeeded for an exited child, so the pid field is set.
-        let pid = unsafe { info.si_pid() };
-        let mut pending = pending.lock().expect("invariant: pending lock");
-        let mut status = 0;
-        // SAFETY: collecting one child that has exited, if nothing else collected it meanwhile.
-        let reaped = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        if reaped != pid {
-            continue;
-        }
-        if let Some(exit) = pending.remove(&pid) {
-            let _ = exit.status.send(status);
-            drop(exit.closed);
+            // SAFETY: waitid succeeded for an exited child, so the pid field is set.
+            let pid = unsafe { info.si_pid() };
+            let mut pending = self.pending.lock().expect("invariant: pending lock");
+            let mut status = 0;
+            // SAFETY: collecting one exited child, if nothing else collected it meanwhile.
+            let reaped = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if reaped != pid {
+                continue;
+            }
+            if let Some(exit) = pending.remove(&pid) {
+                let _ = exit.status.send(status);
+                drop(exit.closed);
+            }
         }
     }
 }
@@ -871,7 +891,7 @@ fn resolve(program: &str, env: &BTreeMap<String, String>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(program))
 }
 
-fn run_one(id: u64, run: RunRequest, pending: &Pending, spawned: &Spawned) -> Response {
+fn run_one(id: u64, run: RunRequest, children: &Children) -> Response {
     let mut response = Response {
         id,
         ..Default::default()
@@ -892,10 +912,9 @@ fn run_one(id: u64, run: RunRequest, pending: &Pending, spawned: &Spawned) -> Re
             return response;
         }
     };
-    // Registering before the child can exit: hold the lock across spawn.
     let (tx, rx) = mpsc::channel();
-    let mut guard = pending.lock().expect("invariant: pending lock");
-    let mut child = match command.spawn() {
+    let exit = Exit { status: tx, closed };
+    let mut child = match children.spawn(&mut command, Some(exit)) {
         Ok(child) => child,
         Err(err) => {
             response.error = Some(format!("cannot start {program}: {err}"));
@@ -903,9 +922,6 @@ fn run_one(id: u64, run: RunRequest, pending: &Pending, spawned: &Spawned) -> Re
         }
     };
     let pid = child.id() as i32;
-    guard.insert(pid, Exit { status: tx, closed });
-    drop(guard);
-    wake_reaper(spawned);
 
     let mut pipes = CallPipes::new(&mut child, run.stdin);
     let deadline = started + Duration::from_millis(run.timeout_ms);
@@ -931,7 +947,7 @@ fn run_one(id: u64, run: RunRequest, pending: &Pending, spawned: &Spawned) -> Re
 
 /// Starts a long-lived server in its own process group and hands its stdin, stdout and stderr
 /// to the gateway. The reaper collects it when it exits, like any orphan.
-fn start_stdio(id: u64, request: StdioRequest, pending: &Pending, wake: &Spawned) {
+fn start_stdio(id: u64, request: StdioRequest, children: &Children) {
     use std::os::fd::AsFd;
     // SAFETY: the control socket is open for the agent's whole life.
     let control = unsafe { std::os::fd::BorrowedFd::borrow_raw(crate::control::CONTROL_FD) };
@@ -944,15 +960,8 @@ fn start_stdio(id: u64, request: StdioRequest, pending: &Pending, wake: &Spawned
         let _ = crate::control::send(control, &message, &[]);
         return;
     };
-    let spawned = {
-        // Spawning under the reaper's lock, like every spawn (see [`reaper`]).
-        let _guard = pending.lock().expect("invariant: pending lock");
-        command(program, args, &request.env, &request.cwd).spawn()
-    };
-    if spawned.is_ok() {
-        wake_reaper(wake);
-    }
-    let sent = match spawned {
+    let mut command = command(program, args, &request.env, &request.cwd);
+    let sent = match children.spawn(&mut command, None) {
         Ok(mut child) => {
             message.pid = Some(child.id() as i32);
             match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
@@ -988,10 +997,9 @@ fn serve() -> ! {
         // SAFETY: ending the process at once, without running anything else.
         unsafe { libc::_exit(101) };
     }));
-    let pending: Pending = Arc::default();
-    let spawned: Spawned = Arc::default();
-    let (reaper_pending, reaper_spawned) = (pending.clone(), spawned.clone());
-    std::thread::spawn(move || reaper(reaper_pending, reaper_spawned));
+    let children = Arc::new(Children::default());
+    let reaped = children.clone();
+    std::thread::spawn(move || reaped.reap());
     let out = Arc::new(Mutex::new(std::io::stdout()));
     let reply = move |response: &Response| {
         let mut line = serde_json::to_vec(response).unwrap_or_default();
@@ -1019,7 +1027,7 @@ fn serve() -> ! {
             continue;
         }
         if let Some(stdio) = request.stdio {
-            start_stdio(request.id, stdio, &pending, &spawned);
+            start_stdio(request.id, stdio, &children);
             continue;
         }
         if let Some(pid) = request.kill {
@@ -1030,8 +1038,8 @@ fn serve() -> ! {
             continue;
         }
         if let Some(run) = request.run {
-            let (pending, spawned, reply) = (pending.clone(), spawned.clone(), reply.clone());
-            std::thread::spawn(move || reply(&run_one(request.id, run, &pending, &spawned)));
+            let (children, reply) = (children.clone(), reply.clone());
+            std::thread::spawn(move || reply(&run_one(request.id, run, &children)));
         }
     }
     // The gateway closed our stdin: stop everything (PID 1 exiting ends the namespace).
