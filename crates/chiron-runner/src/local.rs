@@ -604,10 +604,8 @@ impl LocalRunner {
         self.send(&request).await.map_err(|e| e.to_string())?;
         let Ok(received) = tokio::time::timeout(UNANSWERED_GRACE, self.receive()).await else {
             // The receive stays pending until the control socket closes, which killing the
-            // sandbox does; the runner is broken either way.
-            tracing::warn!(runner = %self.id, "runner agent did not start a server; stopping the runner");
-            self.alive.store(false, Ordering::SeqCst);
-            self.sandbox.kill();
+            // sandbox does.
+            self.abandon("start a server");
             return Err(STOPPED_ANSWERING.into());
         };
         let (message, fds) = received?;
@@ -620,6 +618,16 @@ impl LocalRunner {
         let pid = message.pid.ok_or("the agent sent no pid")?;
         let label = format!("{}/{}", self.id, package.name);
         StdioServer::connect(pid, fds, label, credential).await
+    }
+
+    /// Gives up on a runner whose agent did not `what` in time: it is marked dead (the pool
+    /// replaces it) and its sandbox killed, which ends the agent's pipes and so every call
+    /// still waiting; dropping the runner removes what is left.
+    fn abandon(&self, what: &str) {
+        tracing::warn!(runner = %self.id, "runner agent did not {what} in time; stopping the runner");
+        self.alive.store(false, Ordering::SeqCst);
+        self.stop_egress.cancel();
+        self.sandbox.kill();
     }
 
     async fn request(&self, request: Request) -> Result<Response, RunnerError> {
@@ -747,7 +755,6 @@ impl Runner for LocalRunner {
         };
         // The agent answers by the call's timeout plus its output grace. A runner that has not
         // answered well after that is broken: it is stopped, and the next call gets a new one.
-        let id = request.id;
         let answered = tokio::time::timeout(
             call.timeout + crate::agent::OUTPUT_GRACE + UNANSWERED_GRACE,
             self.request(request),
@@ -755,12 +762,7 @@ impl Runner for LocalRunner {
         .await;
         drop(credential);
         let Ok(response) = answered else {
-            self.waiters
-                .lock()
-                .expect("invariant: waiters lock")
-                .remove(&id);
-            tracing::warn!(runner = %self.id, "runner agent did not answer a call; stopping the runner");
-            self.stop().await;
+            self.abandon("answer a call");
             return Err(RunnerError::Exited(STOPPED_ANSWERING.into()));
         };
         let response = response?;
