@@ -83,21 +83,24 @@ pub async fn serve(
         finished: finished.clone(),
         threads: Vec::new(),
     };
-    let threads = threads.max(1);
-    let (steering, mut handed) = Steering::new(threads);
-    for index in 0..threads {
-        let listener = SteeredListener {
-            listener: listener.try_clone()?,
-            index,
-            steering: steering.clone(),
-            handed: handed.remove(0),
-        };
+    let (steering, handed) = Steering::new(threads.max(1));
+    for (index, handed) in handed.into_iter().enumerate() {
         let (app, draining, finished) = (app.clone(), draining.clone(), finished.clone());
         let (done, done_rx) = oneshot::channel::<std::io::Result<()>>();
         drained.push(done_rx);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        // Each thread's own registration of the shared listening socket, with its runtime.
+        let listener = SteeredListener {
+            listener: {
+                let _entered = runtime.enter();
+                TcpListener::from_std(listener.try_clone()?)?
+            },
+            index,
+            steering: steering.clone(),
+            handed,
+        };
         let thread = std::thread::Builder::new()
             .name(format!("chiron-http-{index}"))
             .spawn(move || {
@@ -138,18 +141,12 @@ pub async fn serve(
     Ok(handles)
 }
 
-/// One HTTP thread's server, on its own registration of the shared listening socket.
+/// One HTTP thread's server.
 async fn serve_one(
-    listener: SteeredListener<std::net::TcpListener>,
+    listener: SteeredListener,
     app: Router,
     draining: CancellationToken,
 ) -> std::io::Result<()> {
-    let listener = SteeredListener {
-        listener: TcpListener::from_std(listener.listener)?,
-        index: listener.index,
-        steering: listener.steering,
-        handed: listener.handed,
-    };
     axum::serve(listener, app)
         .with_graceful_shutdown(draining.cancelled_owned())
         .await
@@ -244,14 +241,14 @@ impl Drop for Placed {
 
 /// One HTTP thread's listener: accepts from the shared socket, passes connections whose peer
 /// is served elsewhere to that thread, and takes those passed to it.
-struct SteeredListener<L> {
-    listener: L,
+struct SteeredListener {
+    listener: TcpListener,
     index: usize,
     steering: Arc<Steering>,
     handed: mpsc::UnboundedReceiver<Handoff>,
 }
 
-impl axum::serve::Listener for SteeredListener<TcpListener> {
+impl axum::serve::Listener for SteeredListener {
     type Io = Connection;
     type Addr = SocketAddr;
 
