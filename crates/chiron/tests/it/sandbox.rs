@@ -618,12 +618,20 @@ async fn a_runner_that_stops_answering_is_replaced() {
     assert!(served["pid"].as_u64().is_some(), "{served}");
 }
 
-/// The host pid of a runner's sandbox PID 1 (its agent).
-fn sandbox_init(runner: &str) -> i32 {
+/// The host pids of a runner's sandbox processes, from its pids cgroup.
+fn sandbox_pids(runner: &str) -> Vec<i32> {
     let cgroup = PathBuf::from("/sys/fs/cgroup/pids/chiron").join(runner);
     let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap();
     procs
         .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect()
+}
+
+/// The host pid of a runner's sandbox PID 1 (its agent).
+fn sandbox_init(runner: &str) -> i32 {
+    sandbox_pids(runner)
+        .into_iter()
         .find(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
                 status
@@ -632,8 +640,6 @@ fn sandbox_init(runner: &str) -> i32 {
             })
         })
         .expect("the sandbox's PID 1")
-        .parse()
-        .unwrap()
 }
 
 /// Freezes a process: it stays alive but neither runs nor answers.
@@ -647,13 +653,7 @@ async fn dropping_the_pool_leaves_no_process_behind() {
     let s = sandbox();
     let alice = PrincipalId::new();
     assert_eq!(probe(&s, alice, "print('up')").await, "up");
-    let runner = s.pool.list()[0].runner_id.clone();
-    let cgroup = PathBuf::from("/sys/fs/cgroup/pids/chiron").join(&runner);
-    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap();
-    let pids: Vec<i32> = procs
-        .split_whitespace()
-        .map(|p| p.parse().unwrap())
-        .collect();
+    let pids = sandbox_pids(&s.pool.list()[0].runner_id);
     assert!(!pids.is_empty());
     drop(s);
     // Every process of the sandbox is gone once the pool (and its runners) are dropped.
