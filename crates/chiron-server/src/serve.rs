@@ -104,6 +104,7 @@ pub async fn serve(
         let thread = std::thread::Builder::new()
             .name(format!("chiron-http-{index}"))
             .spawn(move || {
+                runtime.spawn(pacemaker());
                 runtime.block_on(async move {
                     tokio::select! {
                         served = serve_one(listener, app, draining) => {
@@ -157,6 +158,23 @@ async fn serve_one(
 /// behind a reverse proxy), new connections stay where they were accepted, so one address
 /// cannot pile every connection onto one thread.
 const STEERING_SLACK: usize = 16;
+
+/// How far ahead an HTTP thread's runtime always has a timer due (see [`pacemaker`]).
+const PACEMAKER: Duration = Duration::from_secs(1);
+
+/// Keeps a timer due within [`PACEMAKER`] on an HTTP thread's runtime. Tokio wakes a runtime's
+/// driver (a write to its eventfd, then one more `epoll_wait`) whenever a new timer falls due
+/// before the driver's next planned wake-up, even on the driver's own thread; with no timer
+/// pending that was every timer, so every tool call (its timeout) and every session response
+/// (its stream's keep-alive) paid two system calls for nothing. Those timers are all longer
+/// than this one, which costs one wake-up a second.
+async fn pacemaker() {
+    let mut tick = tokio::time::interval(PACEMAKER);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+    }
+}
 
 /// A connection on its way to the thread that serves its peer.
 type Handoff = (std::net::TcpStream, SocketAddr, Placed);
