@@ -3,7 +3,9 @@
 //! (2025-11-25) and stateless (2026-07-28) protocol forms, for a `command` tool (`/bin/true`)
 //! and an `mcp-stdio` tool, against baselines measured in the same run: plain exec of the same
 //! program on the host, and the same stdio server called directly. Also the gateway's CPU time
-//! per call (the server process's CPU clock, in nanoseconds).
+//! per call (the server process's CPU clock, in nanoseconds), against the floor under any HTTP
+//! server here: hyper alone on one thread, parsing the same requests and answering them with
+//! a fixed result (its thread's CPU clock).
 //!
 //! Run: `cargo bench -p chiron --bench e2e` (as root, like the sandboxes need);
 //! `CHIRON_BENCH_CALLS` (default 1000); `CHIRON_BENCH_ONLY=stateless/stdio_ping` (form/tool)
@@ -44,17 +46,82 @@ fn ms(d: Duration) -> f64 {
 /// clock, not `/proc/<pid>/stat`, whose 10 ms ticks would round 300 calls to 33 µs steps.
 fn cpu_ns(pid: u32) -> u64 {
     let mut clock: libc::clockid_t = 0;
+    // SAFETY: writes only to the local passed by pointer.
+    let ok = unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) == 0 };
+    assert!(ok, "cannot find the server's CPU clock");
+    clock_ns(clock)
+}
+
+/// The time on a CPU clock (a process's or a thread's), in nanoseconds.
+fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: both calls only write to the locals passed by pointer.
-    let ok = unsafe {
-        libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) == 0
-            && libc::clock_gettime(clock, &mut now) == 0
-    };
-    assert!(ok, "cannot read the server's CPU clock");
+    // SAFETY: writes only to the local passed by pointer.
+    let ok = unsafe { libc::clock_gettime(clock, &mut now) == 0 };
+    assert!(ok, "cannot read a CPU clock");
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// The floor under any HTTP server on this machine: hyper alone, on one thread with its own
+/// runtime (as each of a gateway's HTTP threads is), answering each POST by parsing its JSON
+/// and returning a fixed JSON-RPC result with the request's id. No MCP, no authentication,
+/// no tool. Returns its port and the thread's CPU clock.
+fn http_floor() -> (u16, libc::clockid_t) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (clock_tx, clock_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut clock: libc::clockid_t = 0;
+        // SAFETY: this thread's own id; writes only to the local passed by pointer.
+        assert_eq!(
+            unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) },
+            0
+        );
+        clock_tx.send(clock).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                stream.set_nodelay(true).unwrap();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(floor_answer);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+    });
+    (port, clock_rx.recv().unwrap())
+}
+
+/// The floor server's answer: the request's JSON parsed, a fixed result with its id.
+async fn floor_answer(
+    request: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, hyper::Error> {
+    use http_body_util::BodyExt;
+    let body = request.into_body().collect().await?.to_bytes();
+    let id = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|request| request.get("id").cloned());
+    let answer = json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "result": {"content": [{"type": "text", "text": "pong"}], "isError": false},
+    });
+    let mut response = hyper::Response::new(answer.to_string().into());
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
 }
 
 /// Calls made on one gateway before the other takes its turn (with `CHIRON_BENCH_AGAINST`).
@@ -291,6 +358,35 @@ fn main() {
         println!("end-to-end benchmark: {calls} warm calls per row through /mcp of `chiron serve`");
         println!("{:<52} p50 {:>7.3} ms  p99 {:>7.3} ms", "baseline: plain exec of /bin/true on the host", ms(p50(&mut host)), ms(p99(&mut host)));
         println!("{:<52} p50 {:>7.3} ms  p99 {:>7.3} ms", "baseline: the stdio server called directly", ms(p50(&mut stdio_direct)), ms(p99(&mut stdio_direct)));
+        if only.is_none() {
+            // The same requests as a stateless call, to a server that only parses and answers.
+            let (port, clock) = http_floor();
+            let mut client = Client {
+                http: new_http(),
+                url: format!("http://127.0.0.1:{port}/mcp"),
+                token: String::new(),
+                session: None,
+                next_id: 0,
+            };
+            for _ in 0..20 {
+                client.call("whoami").await;
+            }
+            let mut samples = Vec::with_capacity(calls);
+            let cpu = clock_ns(clock);
+            for _ in 0..calls {
+                let started = Instant::now();
+                client.call("whoami").await;
+                samples.push(started.elapsed());
+            }
+            let cpu_us = (clock_ns(clock) - cpu) as f64 / 1e3 / calls as f64;
+            println!(
+                "{:<52} p50 {:>7.3} ms  p99 {:>7.3} ms  server CPU {:>5.0} µs/request",
+                "baseline: bare hyper answering the same requests",
+                ms(p50(&mut samples)),
+                ms(p99(&mut samples)),
+                cpu_us
+            );
+        }
         for form in ["session", "stateless"] {
             let mut clients = Vec::new();
             for (label, gateway) in &gateways {
