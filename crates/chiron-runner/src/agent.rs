@@ -635,12 +635,19 @@ fn install_seccomp() {
 /// ([`Children::reap`]) collects every exit.
 #[derive(Default)]
 struct Children {
-    /// Calls waiting for their process's exit, by pid. Every spawn holds this lock.
-    pending: Mutex<HashMap<i32, Exit>>,
-    /// The spawn generation, so a spawn between the reaper's `ECHILD` and its wait is never
-    /// missed; `started` wakes the reaper when it changes.
-    generation: Mutex<u64>,
+    /// Every spawn holds this lock.
+    state: Mutex<ChildState>,
+    /// Wakes the reaper when the spawn generation changes.
     started: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct ChildState {
+    /// Calls waiting for their process's exit, by pid.
+    pending: HashMap<i32, Exit>,
+    /// The spawn generation, so a spawn between the reaper's `ECHILD` and its wait is never
+    /// missed.
+    generation: u64,
 }
 
 /// Where the reaper reports a call's exit: the wait status on `status`, and dropping
@@ -651,34 +658,38 @@ struct Exit {
 }
 
 impl Children {
-    /// Starts `command` under the `pending` lock, registering `exit` for the child before the
-    /// reaper can see it exit, and wakes the reaper.
+    /// Starts `command` under the lock, registering `exit` for the child before the reaper
+    /// can see it exit, and wakes the reaper.
     fn spawn(
         &self,
         command: &mut Command,
         exit: Option<Exit>,
     ) -> std::io::Result<std::process::Child> {
-        let mut pending = self.pending.lock().expect("invariant: pending lock");
+        let mut state = self.lock();
         let child = command.spawn()?;
         if let Some(exit) = exit {
-            pending.insert(child.id() as i32, exit);
+            state.pending.insert(child.id() as i32, exit);
         }
-        drop(pending);
-        *self.generation.lock().expect("invariant: spawn lock") += 1;
+        state.generation += 1;
+        drop(state);
         self.started.notify_one();
         Ok(child)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ChildState> {
+        self.state.lock().expect("invariant: children lock")
     }
 
     /// Reaps every child, for ever: ours are reported to their waiting call, orphans that were
     /// re-parented to PID 1 are simply collected so no zombie remains.
     ///
     /// A child is first seen without being collected (`WNOWAIT`), then collected by its pid
-    /// under the `pending` lock, which every spawn holds. `Command::spawn` collects a child
-    /// itself when its exec fails, and panics if something else got there first; taking the
-    /// lock waits for such a spawn to finish, after which that child is simply gone.
+    /// under the lock, which every spawn holds. `Command::spawn` collects a child itself when
+    /// its exec fails, and panics if something else got there first; taking the lock waits
+    /// for such a spawn to finish, after which that child is simply gone.
     fn reap(&self) -> ! {
         loop {
-            let seen = *self.generation.lock().expect("invariant: spawn lock");
+            let seen = self.lock().generation;
             // SAFETY: an all-zero siginfo_t is a valid value for waitid to fill in.
             let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
             // SAFETY: waiting for any child of this process to exit, leaving it waitable.
@@ -689,22 +700,21 @@ impl Children {
                     continue;
                 }
                 // No children: sleep until the next spawn.
-                let generation = self.generation.lock().expect("invariant: spawn lock");
                 let _unused = self
                     .started
-                    .wait_while(generation, |current| *current == seen);
+                    .wait_while(self.lock(), |state| state.generation == seen);
                 continue;
             }
             // SAFETY: waitid succeeded for an exited child, so the pid field is set.
             let pid = unsafe { info.si_pid() };
-            let mut pending = self.pending.lock().expect("invariant: pending lock");
+            let mut state = self.lock();
             let mut status = 0;
             // SAFETY: collecting one exited child, if nothing else collected it meanwhile.
             let reaped = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
             if reaped != pid {
                 continue;
             }
-            if let Some(exit) = pending.remove(&pid) {
+            if let Some(exit) = state.pending.remove(&pid) {
                 let _ = exit.status.send(status);
                 drop(exit.closed);
             }
