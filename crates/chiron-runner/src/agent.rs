@@ -10,7 +10,8 @@
 //!    a private `/tmp`, a fresh `/proc`, a minimal `/dev` — pivots into it, brings `lo` up,
 //!    drops to uid 1000 with no capabilities and `no_new_privs`, applies Landlock and a seccomp
 //!    filter, and only then serves requests. Every tool process is its child and inherits all
-//!    of it; nothing ever joins the sandbox from outside.
+//!    of it, and starts in a Landlock domain of its own (see [`TOOL_DOMAIN`]); nothing ever
+//!    joins the sandbox from outside.
 //!
 //! Set `CHIRON_AGENT_TRACE=1` in the gateway's environment to have each stage report on stderr
 //! (relayed to the gateway's log).
@@ -502,28 +503,68 @@ fn drop_privileges() {
     }
 }
 
-fn restrict_filesystem() {
-    use landlock::{
-        path_beneath_rules, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, ABI,
+/// The Landlock ruleset each tool process starts in (see [`enter_tool_domain`]).
+///
+/// Its filesystem rules are the agent's own, so a tool's file access is unchanged; what it
+/// adds is a domain of the tool's own. Landlock lets a process inspect another one
+/// (`/proc/<pid>/environ`, `mem` and `fd`, `pidfd_getfd`) only when that one is in its domain
+/// or below it, so a tool can read neither another tool's proxy credential and memory nor
+/// the agent's, while it still can its own children's. Where the kernel has Landlock ABI 6,
+/// signals and abstract Unix sockets are confined to the tool's own process tree as well.
+/// `None` where the kernel has no Landlock.
+static TOOL_DOMAIN: std::sync::OnceLock<Option<std::os::fd::OwnedFd>> = std::sync::OnceLock::new();
+
+/// The sandbox's filesystem rules: everything readable, home and `/tmp` writable, devices
+/// readable and writable.
+fn filesystem_rules(
+    ruleset: landlock::Ruleset,
+) -> Result<landlock::RulesetCreated, landlock::RulesetError> {
+    use landlock::{path_beneath_rules, Access, AccessFs, RulesetAttr, RulesetCreatedAttr};
+    let abi = LANDLOCK_ABI;
+    ruleset
+        .handle_access(AccessFs::from_all(abi))?
+        .create()?
+        .add_rules(path_beneath_rules(["/"], AccessFs::from_read(abi)))?
+        .add_rules(path_beneath_rules(
+            ["/home/chiron", "/tmp"],
+            AccessFs::from_all(abi),
+        ))?
+        .add_rules(path_beneath_rules(
+            ["/dev"],
+            AccessFs::ReadFile | AccessFs::WriteFile,
+        ))
+}
+
+/// The Landlock ABI whose filesystem rights the sandbox handles.
+const LANDLOCK_ABI: landlock::ABI = landlock::ABI::V3;
+
+/// Puts the calling thread, and so the tool process it starts next, in a new Landlock domain
+/// below the agent's (see [`TOOL_DOMAIN`]). Landlock restricts a thread, not its process:
+/// each tool is started from a thread of its own (a `run` call's, or one for a `stdio`
+/// server) that enters the domain first and ends with the call, so the standard library
+/// still starts the tool with posix_spawn.
+fn enter_tool_domain() -> std::io::Result<()> {
+    let Some(Some(ruleset)) = TOOL_DOMAIN.get() else {
+        return Ok(());
     };
-    let abi = ABI::V3;
-    let result = Ruleset::default()
-        .handle_access(AccessFs::from_all(abi))
-        .and_then(|r| r.create())
-        .and_then(|r| r.add_rules(path_beneath_rules(["/"], AccessFs::from_read(abi))))
-        .and_then(|r| {
-            r.add_rules(path_beneath_rules(
-                ["/home/chiron", "/tmp"],
-                AccessFs::from_all(abi),
-            ))
-        })
-        .and_then(|r| {
-            r.add_rules(path_beneath_rules(
-                ["/dev"],
-                AccessFs::ReadFile | AccessFs::WriteFile,
-            ))
-        })
-        .and_then(|r| r.restrict_self());
+    let ruleset = std::os::fd::AsRawFd::as_raw_fd(ruleset);
+    // SAFETY: restricting the calling thread with a ruleset descriptor this process owns.
+    if unsafe { libc::syscall(libc::SYS_landlock_restrict_self, ruleset, 0) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn restrict_filesystem() {
+    use landlock::{Ruleset, RulesetAttr, Scope};
+    let tools = Ruleset::default()
+        .scope(Scope::Signal | Scope::AbstractUnixSocket)
+        .and_then(filesystem_rules);
+    let result = tools.and_then(|tools| {
+        let _ = TOOL_DOMAIN.set(tools.into());
+        filesystem_rules(Ruleset::default())?.restrict_self()
+    });
     if let Err(err) = result {
         eprintln!("runner-agent: landlock: {err}");
         std::process::exit(122);
@@ -901,6 +942,8 @@ fn resolve(program: &str, env: &BTreeMap<String, String>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(program))
 }
 
+/// Runs one `run` call to its end. Runs on a thread of its own, which enters the tool's
+/// Landlock domain.
 fn run_one(id: u64, run: RunRequest, children: &Children) -> Response {
     let mut response = Response {
         id,
@@ -922,6 +965,10 @@ fn run_one(id: u64, run: RunRequest, children: &Children) -> Response {
             return response;
         }
     };
+    if let Err(err) = enter_tool_domain() {
+        response.error = Some(format!("cannot start {program}: sandbox domain: {err}"));
+        return response;
+    }
     let (tx, rx) = mpsc::channel();
     let exit = Exit { status: tx, closed };
     let mut child = match children.spawn(&mut command, Some(exit)) {
@@ -956,7 +1003,8 @@ fn run_one(id: u64, run: RunRequest, children: &Children) -> Response {
 }
 
 /// Starts a long-lived server in its own process group and hands its stdin, stdout and stderr
-/// to the gateway. The reaper collects it when it exits, like any orphan.
+/// to the gateway. The reaper collects it when it exits, like any orphan. Runs on a thread of
+/// its own, which enters the server's Landlock domain and ends once the server has started.
 fn start_stdio(id: u64, request: StdioRequest, children: &Children) {
     use std::os::fd::AsFd;
     // SAFETY: the control socket is open for the agent's whole life.
@@ -971,7 +1019,8 @@ fn start_stdio(id: u64, request: StdioRequest, children: &Children) {
         return;
     };
     let mut command = command(program, args, &request.env, &request.cwd);
-    let sent = match children.spawn(&mut command, None) {
+    let started = enter_tool_domain().and_then(|()| children.spawn(&mut command, None));
+    let sent = match started {
         Ok(mut child) => {
             message.pid = Some(child.id() as i32);
             match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
@@ -1037,7 +1086,9 @@ fn serve() -> ! {
             continue;
         }
         if let Some(stdio) = request.stdio {
-            start_stdio(request.id, stdio, &children);
+            // On a thread of its own, which enters the server's Landlock domain.
+            let children = children.clone();
+            std::thread::spawn(move || start_stdio(request.id, stdio, &children));
             continue;
         }
         if let Some(pid) = request.kill {

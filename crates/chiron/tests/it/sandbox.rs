@@ -443,6 +443,73 @@ async fn privileged_operations_are_refused() {
     );
 }
 
+/// Prints, for each attempt on process `SERVER`, on the agent (PID 1) and on its own child,
+/// `ok` or the errno's name; then the kernel's Landlock ABI.
+const REACH: &str = r#"
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+def attempt(act):
+    try:
+        act()
+        return 'ok'
+    except OSError as err:
+        return errno.errorcode[err.errno]
+def read(path):
+    with open(path, 'rb') as f:
+        f.read(1)
+def getfd(pid):
+    pidfd = os.pidfd_open(pid)
+    if libc.syscall(438, pidfd, 0, 0) < 0:
+        raise OSError(ctypes.get_errno(), 'pidfd_getfd')
+def reach(pid):
+    return [attempt(lambda: read(f'/proc/{pid}/cmdline')),
+            attempt(lambda: read(f'/proc/{pid}/environ')),
+            attempt(lambda: open(f'/proc/{pid}/mem', 'rb').close()),
+            attempt(lambda: os.readlink(f'/proc/{pid}/fd/0')),
+            attempt(lambda: getfd(pid)),
+            attempt(lambda: os.kill(pid, 0))]
+r, w = os.pipe()
+child = os.fork()
+if child == 0:
+    os.read(r, 1)
+    os._exit(0)
+own = reach(child)
+os.write(w, b'x')
+os.waitpid(child, 0)
+abi = libc.syscall(444, None, 0, 1)
+print(' '.join(reach(SERVER) + reach(1) + own + [str(abi)]))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_cannot_reach_into_other_tools_or_the_agent() {
+    let s = sandbox();
+    let alice = PrincipalId::new();
+    let long = Duration::from_secs(30);
+    // Another package's warm server, whose environment holds its own proxy credential.
+    let server = s.call_stdio(alice, "pid", long).await.unwrap().unwrap();
+    let pid = server["pid"].as_u64().unwrap();
+    let out = stdout(
+        &s.run(alice, &REACH.replace("SERVER", &pid.to_string()))
+            .await,
+    );
+    let fields: Vec<&str> = out.split(' ').collect();
+    let (other, rest) = fields.split_at(6);
+    let (agent, rest) = rest.split_at(6);
+    let (own, abi) = rest.split_at(6);
+    let abi: i64 = abi[0].parse().unwrap();
+    // Positive control: the tool may inspect and signal its own child.
+    assert_eq!(own, ["ok"; 6], "{out}");
+    // Other processes are visible (`ps` works) but their environment, memory and descriptors
+    // are out of reach; so are their signals where the kernel can confine them.
+    let signal = if abi >= 6 { "EPERM" } else { "ok" };
+    let expected = ["ok", "EACCES", "EACCES", "EACCES", "EPERM", signal];
+    assert_eq!(other, expected, "another tool: {out}");
+    assert_eq!(agent, expected, "the agent: {out}");
+    // The server was not disturbed.
+    let again = s.call_stdio(alice, "pid", long).await.unwrap().unwrap();
+    assert_eq!(again["pid"], server["pid"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_stop_runaway_tools_and_the_runner_recovers() {
     if chiron_runner::host::cgroup_version(std::path::Path::new("/sys/fs/cgroup"))
