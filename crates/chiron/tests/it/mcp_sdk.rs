@@ -323,8 +323,18 @@ fn granted_package_tools_run_in_the_principals_sandbox() {
     // Seven calls reached a runner (the two with invalid arguments never did).
     assert_eq!(count, 7, "{metrics}");
 
-    let (code, _) = server.terminate();
+    let (code, logs) = server.terminate();
     assert_eq!(code, Some(0));
+    // Alice's seven calls started one runner, reused after.
+    let created: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("persistent_tool_runner_created"))
+        .collect();
+    assert_eq!(created.len(), 1, "{logs}");
+    assert!(
+        created[0].contains("principal_id=") && created[0].contains("runner=\"runner-"),
+        "{logs}"
+    );
     // Every call was audited; echo is safe to log, nsprobe is not.
     let audit = chiron.ok(&["audit", "search", "--json", "--limit", "20"]);
     let calls: Vec<Value> = audit

@@ -428,6 +428,10 @@ async fn privileged_operations_are_refused() {
             "bpf",
             "print(libc.syscall(321, 0, None, 0), ctypes.get_errno())",
         ),
+        (
+            "io_uring",
+            "print(libc.syscall(425, 1, ctypes.create_string_buffer(120)), ctypes.get_errno())",
+        ),
     ];
     for (what, code) in attempts {
         let out = probe(&s, alice, &format!("{LIBC}{code}")).await;
