@@ -189,12 +189,15 @@ impl Store {
 
     /// Appends `rows` to one table in one transaction, [`INSERT_CHUNK`] rows per multi-row
     /// `INSERT` ([`multi_row_insert`]); `bind` binds one row's `columns` values in order.
+    ///
+    /// `bind` may borrow from the row: bind text as `&str` (`as_str`, `as_deref`), not as a
+    /// `String`, which the `Any` driver copies once more (a batch has thousands of values).
     pub(crate) async fn insert_rows<T>(
         &self,
         head: &str,
         columns: usize,
         rows: &[T],
-        bind: impl for<'q> Fn(AnyQuery<'q>, &T) -> AnyQuery<'q>,
+        bind: impl for<'q> Fn(AnyQuery<'q>, &'q T) -> AnyQuery<'q>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
         for chunk in rows.chunks(INSERT_CHUNK) {
