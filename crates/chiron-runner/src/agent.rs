@@ -1092,10 +1092,26 @@ fn serve() -> ! {
             });
             continue;
         }
+        // Calls and server starts run on threads of their own (which enter the tool's
+        // Landlock domain). A thread the pids limit refuses fails that request only.
+        let id = request.id;
         if let Some(stdio) = request.stdio {
-            // On a thread of its own, which enters the server's Landlock domain.
             let children = children.clone();
-            std::thread::spawn(move || start_stdio(request.id, stdio, &children));
+            let thread =
+                std::thread::Builder::new().spawn(move || start_stdio(id, stdio, &children));
+            if let Err(err) = thread {
+                let message = crate::control::ControlMessage {
+                    id,
+                    error: Some(format!("cannot start the server: no thread: {err}")),
+                    ..Default::default()
+                };
+                // SAFETY: the control socket is open for the agent's whole life.
+                let control =
+                    unsafe { std::os::fd::BorrowedFd::borrow_raw(crate::control::CONTROL_FD) };
+                if let Err(err) = crate::control::send(control, &message, &[]) {
+                    eprintln!("runner-agent: control socket: {err}");
+                }
+            }
             continue;
         }
         if let Some(pid) = request.kill {
@@ -1106,8 +1122,16 @@ fn serve() -> ! {
             continue;
         }
         if let Some(run) = request.run {
-            let (children, reply) = (children.clone(), reply.clone());
-            std::thread::spawn(move || reply(&run_one(request.id, run, &children)));
+            let (children, replies) = (children.clone(), reply.clone());
+            let thread =
+                std::thread::Builder::new().spawn(move || replies(&run_one(id, run, &children)));
+            if let Err(err) = thread {
+                reply(&Response {
+                    id,
+                    error: Some(format!("cannot start the call: no thread: {err}")),
+                    ..Default::default()
+                });
+            }
         }
     }
     // The gateway closed our stdin: stop everything (PID 1 exiting ends the namespace).

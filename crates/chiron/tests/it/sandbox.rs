@@ -558,6 +558,59 @@ async fn limits_stop_runaway_tools_and_the_runner_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_out_of_pids_fails_new_calls_and_keeps_serving() {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    let s = sandbox();
+    let alice = PrincipalId::new();
+    // Positive control, which also starts the runner and makes the home.
+    let first = s.run(alice, "print('ok')").await;
+    assert_eq!(stdout(&first), "ok");
+    let home = s.data.path().join("data/homes").join(alice.to_string());
+    let gate = home.join("gate");
+    let path = std::ffi::CString::new(gate.as_os_str().as_bytes()).unwrap();
+    // SAFETY: mkfifo with a valid path.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o666) }, 0);
+    std::fs::set_permissions(&gate, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // A tool takes every pid the runner may have, says so, and holds them until the gate
+    // opens.
+    let hog = "import os, time\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n            time.sleep(3600)\n        n += 1\nexcept BlockingIOError: pass\nopen(os.path.expanduser('~/full'), 'w').close()\nopen(os.path.expanduser('~/gate')).read()\nprint(n)";
+    let (pool, package) = (s.pool.clone(), s.package.clone());
+    let holding = tokio::spawn(async move {
+        pool.run_command(CommandCall {
+            principal: alice,
+            package,
+            tool: "probe".into(),
+            arguments: serde_json::json!({ "code": hog }),
+            timeout: Duration::from_secs(60),
+            call_id: "hog".into(),
+        })
+        .await
+        .unwrap()
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !home.join("full").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tool never filled the pids"
+        );
+        tokio::task::yield_now().await;
+    }
+    // No pid left for the agent's call thread: this call fails, the runner stays.
+    let refused = s.run(alice, "print('no room')").await;
+    assert_eq!(refused.exit_code, Some(127), "{refused:?}");
+    assert!(refused.stderr_tail.contains("no thread"), "{refused:?}");
+    assert_eq!(refused.runner_id, first.runner_id);
+    // The gate opens, the tool ends with its children, and calls run again.
+    std::fs::write(&gate, b"go").unwrap();
+    let held = holding.await.unwrap();
+    assert_eq!(held.exit_code, Some(0), "{held:?}");
+    let after = s.run(alice, "print('alive')").await;
+    assert_eq!(stdout(&after), "alive");
+    assert_eq!(after.runner_id, first.runner_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_cgroups_rlimits_stop_runaway_tools() {
     let s = sandbox_with(false);
     let alice = PrincipalId::new();
