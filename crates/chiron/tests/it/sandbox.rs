@@ -601,6 +601,10 @@ async fn a_runner_out_of_pids_fails_new_calls_and_keeps_serving() {
     assert_eq!(refused.exit_code, Some(127), "{refused:?}");
     assert!(refused.stderr_tail.contains("no thread"), "{refused:?}");
     assert_eq!(refused.runner_id, first.runner_id);
+    // Nor for a server start.
+    let server = s.call_stdio(alice, "pid", Duration::from_secs(30)).await;
+    let err = server.expect_err("a server started without a pid to spare");
+    assert!(err.to_string().contains("no thread"), "{err}");
     // The gate opens, the tool ends with its children, and calls run again.
     std::fs::write(&gate, b"go").unwrap();
     let held = holding.await.unwrap();
@@ -608,6 +612,8 @@ async fn a_runner_out_of_pids_fails_new_calls_and_keeps_serving() {
     let after = s.run(alice, "print('alive')").await;
     assert_eq!(stdout(&after), "alive");
     assert_eq!(after.runner_id, first.runner_id);
+    let server = s.call_stdio(alice, "pid", Duration::from_secs(30)).await;
+    assert!(server.unwrap().is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
