@@ -1014,43 +1014,44 @@ fn run_one(id: u64, run: RunRequest, children: &Children) -> Response {
 /// its own, which enters the server's Landlock domain and ends once the server has started.
 fn start_stdio(id: u64, request: StdioRequest, children: &Children) {
     use std::os::fd::AsFd;
-    // SAFETY: the control socket is open for the agent's whole life.
-    let control = unsafe { std::os::fd::BorrowedFd::borrow_raw(crate::control::CONTROL_FD) };
-    let mut message = crate::control::ControlMessage {
-        id,
-        ..Default::default()
-    };
     let Some((program, args)) = request.argv.split_first() else {
-        message.error = Some("empty argv".into());
-        let _ = crate::control::send(control, &message, &[]);
-        return;
+        return stdio_failed(id, "empty argv".into());
     };
     let mut command = command(program, args, &request.env, &request.cwd);
-    let started = enter_tool_domain().and_then(|()| children.spawn(&mut command, None));
-    let sent = match started {
-        Ok(mut child) => {
-            message.pid = Some(child.id() as i32);
-            match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
-                (Some(stdin), Some(stdout), Some(stderr)) => crate::control::send(
-                    control,
-                    &message,
-                    &[stdin.as_fd(), stdout.as_fd(), stderr.as_fd()],
-                ),
-                _ => {
-                    message.pid = None;
-                    message.error = Some("no pipes".into());
-                    crate::control::send(control, &message, &[])
-                }
-            }
-        }
-        Err(err) => {
-            message.error = Some(format!("cannot start {program}: {err}"));
-            crate::control::send(control, &message, &[])
-        }
+    let mut child = match enter_tool_domain().and_then(|()| children.spawn(&mut command, None)) {
+        Ok(child) => child,
+        Err(err) => return stdio_failed(id, format!("cannot start {program}: {err}")),
     };
-    if let Err(err) = sent {
+    match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
+        (Some(stdin), Some(stdout), Some(stderr)) => answer_stdio(
+            &crate::control::ControlMessage {
+                id,
+                pid: Some(child.id() as i32),
+                ..Default::default()
+            },
+            &[stdin.as_fd(), stdout.as_fd(), stderr.as_fd()],
+        ),
+        _ => stdio_failed(id, "no pipes".into()),
+    }
+}
+
+/// Answers a `stdio` request over the control socket (with the server's pipes, if started).
+fn answer_stdio(message: &crate::control::ControlMessage, fds: &[std::os::fd::BorrowedFd<'_>]) {
+    // SAFETY: the control socket is open for the agent's whole life.
+    let control = unsafe { std::os::fd::BorrowedFd::borrow_raw(crate::control::CONTROL_FD) };
+    if let Err(err) = crate::control::send(control, message, fds) {
         eprintln!("runner-agent: control socket: {err}");
     }
+}
+
+/// Answers a `stdio` request that started no server.
+fn stdio_failed(id: u64, error: String) {
+    let message = crate::control::ControlMessage {
+        id,
+        error: Some(error),
+        ..Default::default()
+    };
+    answer_stdio(&message, &[]);
 }
 
 fn serve() -> ! {
@@ -1100,17 +1101,7 @@ fn serve() -> ! {
             let thread =
                 std::thread::Builder::new().spawn(move || start_stdio(id, stdio, &children));
             if let Err(err) = thread {
-                let message = crate::control::ControlMessage {
-                    id,
-                    error: Some(format!("cannot start the server: no thread: {err}")),
-                    ..Default::default()
-                };
-                // SAFETY: the control socket is open for the agent's whole life.
-                let control =
-                    unsafe { std::os::fd::BorrowedFd::borrow_raw(crate::control::CONTROL_FD) };
-                if let Err(err) = crate::control::send(control, &message, &[]) {
-                    eprintln!("runner-agent: control socket: {err}");
-                }
+                stdio_failed(id, format!("cannot start the server: no thread: {err}"));
             }
             continue;
         }

@@ -163,6 +163,18 @@ struct Client {
 }
 
 impl Client {
+    /// A client of `url` with its own HTTP client (connection pool), in the stateless form
+    /// until it initializes a session.
+    fn new(http: reqwest::Client, url: String, token: String) -> Self {
+        Self {
+            http,
+            url,
+            token,
+            session: None,
+            next_id: 0,
+        }
+    }
+
     async fn post(
         &mut self,
         method: &str,
@@ -361,13 +373,8 @@ fn main() {
         if only.is_none() {
             // The same requests as a stateless call, to a server that only parses and answers.
             let (port, clock) = http_floor();
-            let mut client = Client {
-                http: new_http(),
-                url: format!("http://127.0.0.1:{port}/mcp"),
-                token: String::new(),
-                session: None,
-                next_id: 0,
-            };
+            let url = format!("http://127.0.0.1:{port}/mcp");
+            let mut client = Client::new(new_http(), url, String::new());
             for _ in 0..20 {
                 client.call("whoami").await;
             }
@@ -392,7 +399,7 @@ fn main() {
             for (label, gateway) in &gateways {
                 let url = format!("http://127.0.0.1:{}/mcp", gateway.port);
                 let http = new_http();
-                let mut client = Client { http: http.clone(), url: url.clone(), token: gateway.token.clone(), session: None, next_id: 0 };
+                let mut client = Client::new(http.clone(), url.clone(), gateway.token.clone());
                 if form == "session" {
                     let (headers, _) = client
                         .post("initialize", json!({"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}), None)
