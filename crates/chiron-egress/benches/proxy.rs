@@ -1,6 +1,8 @@
 //! Requests through the egress proxy vs straight to the same local HTTPS upstream, with the
-//! same client (reqwest, one reused connection each), in the same run: latency p50/p99 of
-//! sequential requests, and throughput with 16 concurrent requests. The proxied path does the
+//! same client (reqwest, reused connections), in the same run: latency p50/p99 of sequential
+//! requests, and throughput two ways: over one reused connection (requests back to back, as a
+//! tool makes them), and with 16 concurrent connections, which keep both of this machine's
+//! cores busy, so that the ratio compares CPU cost per request. The proxied path does the
 //! real work: credential lookup, grant check, TLS interception, secret lookup and opening,
 //! header injection, dial policy, upstream TLS, response scrubbing and an audit row.
 //!
@@ -38,6 +40,9 @@ mod common;
 mod support;
 
 const HOST: &str = "api.bench.test";
+
+/// Connections of the concurrent throughput windows: enough to keep both cores busy.
+const CONCURRENT: usize = 16;
 
 async fn upstream() -> (std::net::SocketAddr, String) {
     let (config, ca_pem) = chiron_egress::testing::upstream_tls(&[HOST]);
@@ -200,10 +205,17 @@ async fn latency(client: &reqwest::Client, url: &str, n: usize) -> (Duration, Du
     )
 }
 
-async fn throughput(client: &reqwest::Client, url: &str, window: Duration) -> f64 {
+/// Requests per second in `window`, from `connections` tasks sending back to back (reqwest
+/// gives each its own pooled connection).
+async fn throughput(
+    client: &reqwest::Client,
+    url: &str,
+    window: Duration,
+    connections: usize,
+) -> f64 {
     let deadline = Instant::now() + window;
     let mut tasks = Vec::new();
-    for _ in 0..16 {
+    for _ in 0..connections {
         let (client, url) = (client.clone(), url.to_owned());
         tasks.push(tokio::spawn(async move {
             let mut done = 0u64;
@@ -338,73 +350,75 @@ fn main() {
         let url_proxied = format!("https://{HOST}/items");
 
         println!(
-            "egress benchmark: {requests} sequential requests, then 16 concurrent in {rounds} rounds of {} ms windows",
+            "egress benchmark: {requests} sequential requests, then throughput over 1 and {CONCURRENT} connections in {rounds} rounds of {} ms windows",
             window.as_millis()
         );
         if std::env::var("CHIRON_BENCH_ONLY").as_deref() == Ok("proxy") {
             // For profiling the proxied path alone.
-            let rps = throughput(&proxied, &url_proxied, window * rounds as u32).await;
+            let rps =
+                throughput(&proxied, &url_proxied, window * rounds as u32, CONCURRENT).await;
             println!("through the proxy only: {rps:.0} req/s");
             return;
         }
         let (direct_p50, direct_p99) = latency(&direct, &url, requests).await;
         let (proxy_p50, proxy_p99) = latency(&proxied, &url_proxied, requests).await;
         let (relay_p50, relay_p99) = latency(&relayed, &url_proxied, requests).await;
-        // Rounds of three windows each; the order rotates so that no path always follows
-        // the same one (a window inherits a little of the previous one's state).
         let paths = [
             (&direct, url.as_str()),
             (&proxied, url_proxied.as_str()),
             (&relayed, url_proxied.as_str()),
         ];
-        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); 3];
-        // Warm up: the first 16-way window of each path opens its connections and tunnels.
+        // Warm up: the first concurrent window of each path opens its connections and tunnels.
         for (client, target) in paths {
-            throughput(client, target, window / 2).await;
+            throughput(client, target, window / 2, CONCURRENT).await;
         }
+        // rates[connections][path]: for each connection count, rounds of three windows; the
+        // order rotates so that no path always follows the same one (a window inherits a
+        // little of the previous one's state).
+        let mut rates = [vec![Vec::new(); 3], vec![Vec::new(); 3]];
         for round in 0..rounds {
-            for turn in 0..3 {
-                let which = (round + turn) % 3;
-                let (client, target) = paths[which];
-                rates[which].push(throughput(client, target, window).await);
+            for (rates, connections) in rates.iter_mut().zip([1, CONCURRENT]) {
+                for turn in 0..3 {
+                    let which = (round + turn) % 3;
+                    let (client, target) = paths[which];
+                    rates[which].push(throughput(client, target, window, connections).await);
+                }
             }
         }
-        let mean = |r: &[f64]| r.iter().sum::<f64>() / r.len() as f64;
-        let (direct_rps, proxy_rps, relay_rps) =
-            (mean(&rates[0]), mean(&rates[1]), mean(&rates[2]));
-        let per_round = |which: usize| -> Vec<f64> {
-            rates[which].iter().zip(&rates[0]).map(|(r, d)| r / d).collect()
-        };
-        let proxy_ratio = spread(per_round(1));
-        let relay_ratio = spread(per_round(2));
-        let over_relay = spread(rates[1].iter().zip(&rates[2]).map(|(p, r)| p / r).collect());
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        println!(
-            "direct TLS            p50 {:>7.3} ms  p99 {:>7.3} ms  {:>8.0} req/s",
-            ms(direct_p50),
-            ms(direct_p99),
-            direct_rps
-        );
-        println!(
-            "through the proxy     p50 {:>7.3} ms  p99 {:>7.3} ms  {:>8.0} req/s",
-            ms(proxy_p50),
-            ms(proxy_p99),
-            proxy_rps
-        );
-        println!(
-            "bare relay (floor)    p50 {:>7.3} ms  p99 {:>7.3} ms  {:>8.0} req/s",
-            ms(relay_p50),
-            ms(relay_p99),
-            relay_rps
-        );
-        let show = |(median, low, high): (f64, f64, f64)| format!("{median:.2}x ({low:.2}-{high:.2})");
+        let mean = |r: &[f64]| r.iter().sum::<f64>() / r.len() as f64;
+        println!("{:<20} {:>10} {:>10} {:>14} {:>14}", "", "p50", "p99", "1 conn", format!("{CONCURRENT} conns"));
+        for (which, (name, p50, p99)) in [
+            ("direct TLS", direct_p50, direct_p99),
+            ("through the proxy", proxy_p50, proxy_p99),
+            ("bare relay (floor)", relay_p50, relay_p99),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            println!(
+                "{name:<20} {:>7.3} ms {:>7.3} ms {:>8.0} req/s {:>8.0} req/s",
+                ms(p50),
+                ms(p99),
+                mean(&rates[0][which]),
+                mean(&rates[1][which]),
+            );
+        }
         println!("added p50: {:.3} ms", ms(proxy_p50) - ms(direct_p50));
-        println!(
-            "throughput vs direct, median round (range): proxy {}   bare relay {}   proxy / bare relay {}",
-            show(proxy_ratio),
-            show(relay_ratio),
-            show(over_relay)
-        );
+        let show = |(median, low, high): (f64, f64, f64)| format!("{median:.2}x ({low:.2}-{high:.2})");
+        for (rates, connections) in rates.iter().zip([1, CONCURRENT]) {
+            let ratio = |of: usize, to: usize| {
+                show(spread(
+                    rates[of].iter().zip(&rates[to]).map(|(a, b)| a / b).collect(),
+                ))
+            };
+            println!(
+                "throughput over {connections:>2} connection(s), median round (range): proxy/direct {}   relay/direct {}   proxy/relay {}",
+                ratio(1, 0),
+                ratio(2, 0),
+                ratio(1, 2)
+            );
+        }
         proxy.flush_audit().await;
         let audited = db.egress_requests(None, 5).await.unwrap();
         assert!(
