@@ -1,11 +1,13 @@
 //! Loading the configuration: defaults, then the TOML file, then environment overrides
-//! (`CHIRON_<SECTION>__<KEY>`, plus the flat `CHIRON_DATABASE_URL`). The result is validated
-//! once; any error names the offending key and nothing has been written anywhere yet.
+//! (`CHIRON_<SECTION>__<KEY>`, plus the flat `CHIRON_DATABASE_URL`). A list key takes a TOML
+//! array (`["a", "b"]`) or a comma-separated list (`a,b`) from the environment. The result is
+//! validated once; any error names the offending key and nothing has been written anywhere yet.
 
 use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
 
 use chiron_core::Config;
 
@@ -38,12 +40,20 @@ pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
     if let Some(file) = file {
         figment = figment.merge(Toml::file_exact(file));
     }
+    let lists = EnvLists::read(&Config::default());
+    let taken = lists.names();
     figment = figment
         .merge(
             Env::prefixed("CHIRON_")
-                .filter(|key| key.as_str().contains("__"))
+                .filter(move |key| {
+                    key.as_str().contains("__")
+                        && !taken
+                            .iter()
+                            .any(|name| name.eq_ignore_ascii_case(key.as_str()))
+                })
                 .split("__"),
         )
+        .merge(lists)
         .merge(
             Env::raw()
                 .only(&["CHIRON_DATABASE_URL"])
@@ -54,6 +64,96 @@ pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
         .map_err(|err| ConfigError::Parse(Box::new(err)))?;
     config.validate()?;
     Ok(config)
+}
+
+/// The `CHIRON_<SECTION>__<KEY>` variables of list keys given as comma-separated lists
+/// (`CHIRON_TOOLS__DIRS=/srv/tools,/opt/tools`); a value that starts with `[` is left to
+/// [`Env`], which reads it as a TOML array.
+struct EnvLists {
+    /// Variable name (without the prefix, as [`Env`] filters it) → key path and items.
+    found: Vec<(String, Vec<String>, Vec<String>)>,
+}
+
+impl EnvLists {
+    fn read(defaults: &Config) -> Self {
+        let mut keys = Vec::new();
+        if let Ok(Value::Dict(_, dict)) = Value::serialize(defaults) {
+            list_keys(&dict, &mut Vec::new(), &mut keys);
+        }
+        let found = keys
+            .into_iter()
+            .filter_map(|path| {
+                let name = path.join("__").to_ascii_uppercase();
+                let value = std::env::var(format!("CHIRON_{name}")).ok()?;
+                if value.trim_start().starts_with('[') {
+                    return None;
+                }
+                let items = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|item| !item.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                Some((name, path, items))
+            })
+            .collect();
+        Self { found }
+    }
+
+    /// The variables read here, without the prefix, for [`Env`] to leave alone.
+    fn names(&self) -> Vec<String> {
+        self.found.iter().map(|(name, _, _)| name.clone()).collect()
+    }
+}
+
+/// The paths of every list (array) under `dict`.
+fn list_keys(dict: &Dict, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+    for (key, value) in dict {
+        path.push(key.clone());
+        match value {
+            Value::Array(..) => out.push(path.clone()),
+            Value::Dict(_, inner) => list_keys(inner, path, out),
+            _ => {}
+        }
+        path.pop();
+    }
+}
+
+impl Provider for EnvLists {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("a comma-separated environment variable").interpolater(
+            |_: &Profile, keys: &[&str]| {
+                let name = |path: &[&str]| format!("CHIRON_{}", path.join("__").to_uppercase());
+                // An error in one item ends its path with the item's index.
+                match keys
+                    .split_last()
+                    .map(|(last, path)| (last.parse::<usize>(), path))
+                {
+                    Some((Ok(index), path)) => format!("{}, item {}", name(path), index + 1),
+                    _ => name(keys),
+                }
+            },
+        )
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut root = Dict::new();
+        for (_, path, items) in &self.found {
+            let (last, sections) = path.split_last().expect("a key path is never empty");
+            let mut dict = &mut root;
+            for section in sections {
+                let entry = dict
+                    .entry(section.clone())
+                    .or_insert_with(|| Value::from(Dict::new()));
+                let Value::Dict(_, inner) = entry else {
+                    unreachable!("only sections are inserted on the way")
+                };
+                dict = inner;
+            }
+            dict.insert(last.clone(), Value::from(items.clone()));
+        }
+        Ok(Profile::Default.collect(root))
+    }
 }
 
 /// The database URL in force: `database.url`, or SQLite in the data directory.

@@ -88,3 +88,32 @@ fn a_named_missing_file_is_an_error() {
         Ok(())
     });
 }
+
+#[test]
+fn list_keys_take_comma_separated_values_or_arrays_from_the_environment() {
+    Jail::expect_with(|jail| {
+        jail.set_env("CHIRON_TOOLS__DIRS", "/srv/tools, /opt/more-tools");
+        jail.set_env("CHIRON_MCP__ALLOWED_HOSTS", r#"["chiron.internal:8787"]"#);
+        jail.set_env("CHIRON_EGRESS__ALLOWED_NETWORKS", "10.0.0.0/8");
+        jail.set_env("CHIRON_SLACK__WORKSPACES", "");
+        let config = load(None).expect("load");
+        assert_eq!(
+            config.tools.dirs,
+            [Path::new("/srv/tools"), Path::new("/opt/more-tools")]
+        );
+        assert_eq!(config.mcp.allowed_hosts, ["chiron.internal:8787"]);
+        assert_eq!(config.egress.allowed_networks, ["10.0.0.0/8"]);
+        assert!(config.slack.workspaces.is_empty());
+        // A bad item names the variable it came from.
+        jail.set_env(
+            "CHIRON_MCP__AUTHORIZATION_SERVERS",
+            "https://ok.example, not a url",
+        );
+        let message = load(None).unwrap_err().to_string();
+        assert!(
+            message.contains("CHIRON_MCP__AUTHORIZATION_SERVERS, item 2"),
+            "{message}"
+        );
+        Ok(())
+    });
+}
