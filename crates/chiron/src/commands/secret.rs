@@ -10,18 +10,28 @@ use chiron_store::secrets::SecretOwner;
 
 use crate::cli::{SecretCommand, SecretOwnerArgs};
 
-async fn owner(store: &chiron_store::Store, args: &SecretOwnerArgs) -> anyhow::Result<SecretOwner> {
+/// The owner named by `args`, and how to show it.
+async fn owner(
+    store: &chiron_store::Store,
+    args: &SecretOwnerArgs,
+) -> anyhow::Result<(SecretOwner, String)> {
     match &args.principal {
-        Some(text) => Ok(SecretOwner::Principal(
-            super::manage::resolve(store, text).await?.id,
-        )),
-        None => Ok(SecretOwner::Team),
+        Some(text) => {
+            let principal = super::manage::resolve(store, text).await?;
+            let shown = describe(
+                SecretOwner::Principal(principal.id),
+                &principal.display_name,
+            );
+            Ok((SecretOwner::Principal(principal.id), shown))
+        }
+        None => Ok((SecretOwner::Team, describe(SecretOwner::Team, ""))),
     }
 }
 
-fn describe(owner: SecretOwner) -> String {
+/// `principal <name> (<id>)` or `the team`.
+fn describe(owner: SecretOwner, name: &str) -> String {
     match owner {
-        SecretOwner::Principal(id) => format!("principal {id}"),
+        SecretOwner::Principal(id) => format!("principal {name} ({id})"),
         SecretOwner::Team => "the team".to_owned(),
     }
 }
@@ -33,38 +43,48 @@ pub async fn run(config: Config, command: SecretCommand) -> anyhow::Result<ExitC
     let secrets = chiron_server::egress::secrets(&config, store.clone());
     match command {
         SecretCommand::Set { name, owner: args } => {
-            let owner = owner(&store, &args).await?;
+            let (owner, shown) = owner(&store, &args).await?;
             let mut value = String::new();
             std::io::stdin()
                 .read_to_string(&mut value)
                 .context("reading the value from stdin")?;
             let value = zeroize::Zeroizing::new(value);
             secrets.set(&name, owner, &value, Actor::cli()).await?;
-            println!("set {name} for {}", describe(owner));
+            println!("set {name} for {shown}");
         }
         SecretCommand::List { principal } => {
             let principal = match principal {
                 Some(text) => Some(super::manage::resolve(&store, &text).await?.id),
                 None => None,
             };
+            let names: std::collections::HashMap<_, _> = store
+                .list_principals()
+                .await?
+                .into_iter()
+                .map(|p| (p.id, p.display_name))
+                .collect();
             for info in secrets.list(principal).await? {
                 let when = info
                     .updated_at
                     .format(&time::format_description::well_known::Rfc3339)
                     .unwrap_or_default();
+                let name = match info.owner {
+                    SecretOwner::Principal(id) => names.get(&id).map_or("?", String::as_str),
+                    SecretOwner::Team => "",
+                };
                 println!(
-                    "{:<32} {:<48} updated {when}",
+                    "{:<32} {:<56} updated {when}",
                     info.name,
-                    describe(info.owner)
+                    describe(info.owner, name)
                 );
             }
         }
         SecretCommand::Delete { name, owner: args } => {
-            let owner = owner(&store, &args).await?;
+            let (owner, shown) = owner(&store, &args).await?;
             if secrets.delete(&name, owner, Actor::cli()).await? {
-                println!("deleted {name} of {}", describe(owner));
+                println!("deleted {name} of {shown}");
             } else {
-                anyhow::bail!("{name} has no value for {}", describe(owner));
+                anyhow::bail!("{name} has no value for {shown}");
             }
         }
         SecretCommand::RotateKey => {

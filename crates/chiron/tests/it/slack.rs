@@ -530,6 +530,7 @@ fn slack_issues_tokens_only_in_dms_and_refuses_what_it_must() {
     assert_eq!(status, 200, "{body}");
     let secrets = chiron.ok(&["secret", "list", "--principal", "Alice Slack"]);
     assert!(secrets.contains("GITHUB_TOKEN"), "{secrets}");
+    assert!(secrets.contains("principal Alice Slack ("), "{secrets}");
 
     // `revoke all` ends every token at once.
     send(
