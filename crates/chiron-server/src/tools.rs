@@ -47,6 +47,57 @@ pub fn tool_dirs(config: &Config) -> Vec<PathBuf> {
     }
 }
 
+/// The packages shipped in the source tree's `tools/`, built into the binary so that the demo
+/// has them wherever it runs: (path below the tools directory, contents).
+const SHIPPED_PACKAGES: &[(&str, &str)] = &[
+    (
+        "echo/chiron-tool.toml",
+        include_str!("../../../tools/echo/chiron-tool.toml"),
+    ),
+    ("echo/echo.py", include_str!("../../../tools/echo/echo.py")),
+    (
+        "github/chiron-tool.toml",
+        include_str!("../../../tools/github/chiron-tool.toml"),
+    ),
+    (
+        "github/github.py",
+        include_str!("../../../tools/github/github.py"),
+    ),
+    (
+        "slack/chiron-tool.toml",
+        include_str!("../../../tools/slack/chiron-tool.toml"),
+    ),
+    (
+        "slack/slack.py",
+        include_str!("../../../tools/slack/slack.py"),
+    ),
+    (
+        "time/chiron-tool.toml",
+        include_str!("../../../tools/time/chiron-tool.toml"),
+    ),
+];
+
+/// Writes the shipped packages below `dir`, leaving any file already there as it is (it may
+/// have been edited).
+pub fn write_shipped_packages(dir: &Path) -> std::io::Result<()> {
+    for (path, contents) in SHIPPED_PACKAGES {
+        let file = dir.join(path);
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&file)
+        {
+            Ok(mut out) => std::io::Write::write_all(&mut out, contents.as_bytes())?,
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
 fn data_dir(config: &Config) -> PathBuf {
     std::fs::canonicalize(&config.server.data_dir)
         .unwrap_or_else(|_| config.server.data_dir.clone())
@@ -469,4 +520,49 @@ pub fn log_report(report: &LoadReport, what: &'static str) {
         tools = report.tools.len(),
         "{what}"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file of the source tree's `tools/`, relative to it.
+    fn files_below(dir: &Path, root: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files_below(&path, root, out);
+            } else {
+                out.push(path.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+
+    #[test]
+    fn the_binary_ships_every_package_file_and_keeps_edits() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools");
+        let mut tree = Vec::new();
+        files_below(&root, &root, &mut tree);
+        tree.sort();
+        let mut shipped: Vec<String> = SHIPPED_PACKAGES
+            .iter()
+            .map(|(path, _)| path.to_string())
+            .collect();
+        shipped.sort();
+        assert_eq!(shipped, tree, "tools/ and SHIPPED_PACKAGES differ");
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("echo")).unwrap();
+        std::fs::write(dir.path().join("echo/echo.py"), "edited").unwrap();
+        write_shipped_packages(dir.path()).unwrap();
+        write_shipped_packages(dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("echo/echo.py")).unwrap(),
+            "edited"
+        );
+        let report = chiron_tools::load_packages(&[dir.path().to_owned()]);
+        let names: Vec<&str> = report.packages.keys().map(String::as_str).collect();
+        assert_eq!(names, ["echo", "github", "slack", "time"]);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+    }
 }

@@ -105,8 +105,9 @@ fn sdk_lists_and_calls_whoami_in_both_protocol_eras() {
 
 #[test]
 fn the_demo_handover_connects_verbatim() {
-    let mut chiron = Chiron::new();
-    chiron.set_env("CHIRON_TOOLS__DIRS", &format!("[\"{}\"]", shipped_tools()));
+    // No tool directory configured, and none in the working directory: the demo writes the
+    // packages built into the binary to its data directory and serves those.
+    let chiron = Chiron::new();
     let server = chiron.serve(&["serve", "--demo"]);
     let handover = &server.handover;
 
