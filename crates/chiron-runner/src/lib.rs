@@ -9,6 +9,7 @@ pub mod agent;
 pub mod control;
 pub mod egress;
 pub mod host;
+mod host_ids;
 pub mod limits;
 pub mod local;
 pub mod pool;

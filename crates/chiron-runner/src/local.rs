@@ -1,12 +1,11 @@
 //! The local sandbox backend: each runner is a `chiron runner-agent` process started in new
 //! user, mount, network, IPC, UTS and PID namespaces (see [`crate::agent`] for what it builds
 //! inside). The gateway writes its uid/gid maps — sandbox root and uid 1000 map to two
-//! unprivileged host ids derived from the principal — puts it in cgroup v1 memory and pids
+//! unprivileged host ids of the principal's own ([`crate::host_ids`]) — puts it in cgroup v1 memory and pids
 //! groups when the host allows, and then talks to it over its stdin and stdout, plus a control
 //! socket over which the agent hands out the proxy listener and `mcp-stdio` server pipes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,6 +26,7 @@ use crate::control::{self, ControlMessage};
 use crate::egress::{
     CredentialGuard, Credentials, DenyEgress, EgressHook, ProcessIdentity, RunnerEgress,
 };
+use crate::host_ids::HostIds;
 use crate::pool::{Runner, RunnerBackend};
 use crate::stdio::StdioServer;
 use crate::tool::{CommandCall, CommandOutcome, RunnerError, StdioCall, StdioOutcome};
@@ -82,6 +82,8 @@ pub struct LocalBackend {
     mounts: Mutex<Mounts>,
     /// Serves each runner's proxy listener.
     egress: Arc<dyn EgressHook>,
+    /// Each principal's pair of host ids.
+    host_ids: HostIds,
 }
 
 impl LocalBackend {
@@ -96,10 +98,12 @@ impl LocalBackend {
         // SAFETY: a plain prctl on this process.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         let mounts = Mutex::new(config.mounts.clone());
+        let host_ids = HostIds::load(&config.data_dir.join("homes"));
         Self {
             config,
             mounts,
             egress,
+            host_ids,
         }
     }
 
@@ -155,13 +159,6 @@ impl LocalBackend {
     }
 }
 
-/// The first of the two host ids a principal's sandbox maps to (root, then uid 1000).
-fn host_id_base(principal: PrincipalId) -> u32 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    principal.hash(&mut hasher);
-    200_000 + (hasher.finish() % 100_000) as u32 * 2
-}
-
 type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
 
 /// A running local sandbox.
@@ -210,7 +207,7 @@ impl LocalBackend {
         let start_err =
             |what: &str, err: std::io::Error| RunnerError::Start(format!("{what}: {err}"));
         let id = format!("runner-{}", uuid_like());
-        let base = host_id_base(principal);
+        let base = self.host_ids.base(principal);
         use std::os::unix::fs::PermissionsExt;
         // The agent runs as an unprivileged host id: it may pass through these directories
         // (mode 0711) but list none of them.
