@@ -551,6 +551,8 @@ impl LocalRunner {
                 env.insert(name.into(), url.clone());
             }
             env.insert("NO_PROXY".into(), String::new());
+            // Node's built-in fetch and http(s) ignore the variables above unless told.
+            env.insert("NODE_USE_ENV_PROXY".into(), "1".into());
         }
         if self.ca_bundle {
             for name in [

@@ -1,6 +1,6 @@
 //! The egress proxy end to end: tools in real sandboxes reach local HTTPS upstreams (their
 //! certificates generated here, their names resolved by chiron's `resolve` map) through the
-//! proxy, with Python `urllib` and with `curl`; secrets are injected only as manifests declare
+//! proxy, with Python `urllib`, `curl` and Node's `fetch`; secrets are injected only as manifests declare
 //! and scrubbed from what comes back; every refusal is audited; with trace logging, no secret
 //! byte reaches logs, tool output, audit rows or any table.
 
@@ -108,6 +108,12 @@ fn setup() -> Setup {
   { host = "private.test" },"#,
     );
     code_package(&chiron, "bare", r#"  { host = "api.github.com" },"#);
+    // Node's fetch, for the `net` tool to run: a link to (or a copy of) a Node.js 22 in the
+    // package, which the sandbox mounts.
+    let node = chiron.dir.path().join("pkgs/net/node");
+    if std::fs::hard_link(crate::support::node(), &node).is_err() {
+        std::fs::copy(crate::support::node(), &node).unwrap();
+    }
     let pkgs = chiron.dir.path().join("pkgs").canonicalize().unwrap();
     let port = upstream.addr.port();
     std::fs::write(
@@ -297,6 +303,25 @@ fn egress_injects_only_declared_secrets_scrubs_them_and_audits_everything() {
     }
     assert!(upstream.seen_at("/misplaced").is_empty());
     assert!(upstream.seen_at("/bare-placeholder").is_empty());
+
+    // Node's built-in fetch goes through the proxy too (chiron sets NODE_USE_ENV_PROXY).
+    let fetched = run(
+        &url,
+        &alice,
+        "net_run",
+        r#"
+import subprocess
+script = "const r = await fetch('https://api.github.com/from-node'); console.log(r.status, await r.text())"
+done = subprocess.run(["/tools/net/node", "--input-type=module", "-e", script], capture_output=True, text=True, timeout=60)
+print(done.returncode, "|", done.stdout.strip(), "|", done.stderr.strip()[-400:])
+"#,
+    );
+    assert!(text(&fetched).starts_with("0 | 200 "), "{fetched}");
+    assert_eq!(
+        upstream.seen_at("/from-node")[0].authorization.as_deref(),
+        Some(format!("token {ALICE_GITHUB}").as_str())
+    );
+    outputs.push(vec![fetched]);
 
     // Plain http:// to a declared host is forwarded, but never with a secret.
     let plain = run(

