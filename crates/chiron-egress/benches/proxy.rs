@@ -296,6 +296,7 @@ fn main() {
             tools: vec![],
             egress: vec![EgressHost {
                 host: HOST.into(),
+                ports: vec![],
                 path_prefix: "/".into(),
                 secrets: vec![SecretInjection {
                     name: "BENCH_TOKEN".into(),

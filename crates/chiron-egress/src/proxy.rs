@@ -882,17 +882,16 @@ impl EgressProxy {
                 "send CONNECT for https, or an absolute http:// URL",
             );
         }
-        if let Err(details) = self.host_allowed(&caller, &host).await {
+        let port = port.unwrap_or(if is_connect { 443 } else { 80 });
+        if let Err(details) = self.host_allowed(&caller, &host, port, is_connect).await {
             audit.finish(StatusCode::FORBIDDEN, "denied_host");
             return refusal(StatusCode::FORBIDDEN, "http_request_denied", &details);
         }
         if !is_connect {
-            let port = port.unwrap_or(80);
             return self
                 .forward(&caller, &host, port, false, Via::Pool, request)
                 .await;
         }
-        let port = port.unwrap_or(443);
         let leaf = match self.inner.ca.leaf(&host) {
             Ok(leaf) => leaf,
             Err(err) => {
@@ -918,8 +917,15 @@ impl EgressProxy {
         Response::new(Empty::new().map_err(|never| match never {}).boxed())
     }
 
-    /// Whether some package granted to the principal declares `host`.
-    async fn host_allowed(&self, caller: &Caller, host: &str) -> Result<(), String> {
+    /// Whether some package granted to the principal declares `host` on `port` (HTTPS when
+    /// `tls`).
+    async fn host_allowed(
+        &self,
+        caller: &Caller,
+        host: &str,
+        port: u16,
+        tls: bool,
+    ) -> Result<(), String> {
         let packages = self.packages();
         let granted = self
             .inner
@@ -927,13 +933,21 @@ impl EgressProxy {
             .granted_packages(caller.runner.principal)
             .await
             .map_err(|e| format!("grants unavailable: {e}"))?;
-        let declared = granted.iter().any(|name| {
-            packages
-                .get(name)
-                .is_some_and(|hosts| hosts.iter().any(|h| h.host == host))
-        });
-        if declared {
+        let entries = || {
+            granted
+                .iter()
+                .filter_map(|name| packages.get(name))
+                .flatten()
+                .filter(|h| h.host == host)
+        };
+        if entries().any(|h| h.allows_port(port, tls)) {
             Ok(())
+        } else if entries().next().is_some() {
+            Err(format!(
+                "port {port} of {host} is not declared by any package granted to this principal \
+                 (a package lists other ports than {} in egress.hosts[].ports)",
+                if tls { 443 } else { 80 }
+            ))
         } else {
             Err(format!(
                 "{host} is not declared by any package granted to this principal"
@@ -1099,7 +1113,11 @@ impl EgressProxy {
             .map(|hosts| {
                 hosts
                     .iter()
-                    .filter(|h| h.host == host && path.starts_with(&h.path_prefix))
+                    .filter(|h| {
+                        h.host == host
+                            && h.allows_port(port, tls)
+                            && path.starts_with(&h.path_prefix)
+                    })
                     .collect()
             })
             .unwrap_or_default();

@@ -190,13 +190,14 @@ fn proxy_parts(
     (dir, ca, secrets)
 }
 
-async fn connect_request(addr: std::net::SocketAddr, credential: &str) -> String {
+/// The proxy's answer to `CONNECT target` with `credential`.
+async fn connect_request(addr: std::net::SocketAddr, credential: &str, target: &str) -> String {
     use base64::Engine;
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("chiron:{credential}"));
     stream
         .write_all(
-            format!("CONNECT api.github.com:443 HTTP/1.1\r\nHost: api.github.com:443\r\nProxy-Authorization: Basic {auth}\r\n\r\n")
+            format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {auth}\r\n\r\n")
                 .as_bytes(),
         )
         .await
@@ -238,14 +239,14 @@ async fn a_credential_is_refused_on_another_runners_listener() {
         .to_owned();
     // On its own runner's listener the credential is known (the host is then refused: no
     // package declares it for this principal).
-    let own = connect_request(listeners[0], &credential).await;
+    let own = connect_request(listeners[0], &credential, "api.github.com:443").await;
     assert!(own.starts_with("HTTP/1.1 403"), "{own}");
     // On another runner's listener it is not.
-    let other = connect_request(listeners[1], &credential).await;
+    let other = connect_request(listeners[1], &credential, "api.github.com:443").await;
     assert!(other.starts_with("HTTP/1.1 407"), "{other}");
     // Once the process is gone, not even on its own.
     drop(guard);
-    let gone = connect_request(listeners[0], &credential).await;
+    let gone = connect_request(listeners[0], &credential, "api.github.com:443").await;
     assert!(gone.starts_with("HTTP/1.1 407"), "{gone}");
     stop.cancel();
     proxy.flush_audit().await;
@@ -307,10 +308,11 @@ async fn counting_upstream(
 }
 
 /// Serves a new runner of `principal` on its own listener; returns the credential guard of
-/// one `reuse` tool process and its proxy URL.
-async fn reuse_runner(
+/// one tool process of `package` and its proxy URL.
+async fn package_runner(
     proxy: &EgressProxy,
     principal: PrincipalId,
+    package: &str,
     stop: &CancellationToken,
 ) -> (chiron_runner::egress::CredentialGuard, String) {
     let runner = Arc::new(RunnerEgress {
@@ -319,7 +321,7 @@ async fn reuse_runner(
         credentials: Arc::new(Credentials::default()),
     });
     let guard = runner.credentials.issue(ProcessIdentity {
-        package: "reuse".into(),
+        package: package.into(),
         call_id: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -374,6 +376,7 @@ async fn a_tunnel_keeps_one_upstream_connection_and_hands_it_to_the_next_tunnel(
         "reuse".into(),
         vec![EgressHost {
             host: HOST.into(),
+            ports: vec![],
             path_prefix: "/".into(),
             secrets: vec![SecretInjection {
                 name: "REUSE_TOKEN".into(),
@@ -386,7 +389,7 @@ async fn a_tunnel_keeps_one_upstream_connection_and_hands_it_to_the_next_tunnel(
     );
     proxy.set_packages(hosts);
     let stop = CancellationToken::new();
-    let (guard, proxy_url) = reuse_runner(&proxy, PrincipalId(alice.id.0), &stop).await;
+    let (guard, proxy_url) = package_runner(&proxy, PrincipalId(alice.id.0), "reuse", &stop).await;
     let client = || proxied(&ca, &proxy_url, true);
     let get = |client: reqwest::Client, path: &'static str| async move {
         let response = client
@@ -430,7 +433,8 @@ async fn a_tunnel_keeps_one_upstream_connection_and_hands_it_to_the_next_tunnel(
     db.add_grant("reuse", GrantSubject::Principal(bob.id), Actor::cli())
         .await
         .unwrap();
-    let (bobs_guard, bobs_url) = reuse_runner(&proxy, PrincipalId(bob.id.0), &stop).await;
+    let (bobs_guard, bobs_url) =
+        package_runner(&proxy, PrincipalId(bob.id.0), "reuse", &stop).await;
     let bobs_client = proxied(&ca, &bobs_url, true);
     assert_eq!(get(bobs_client, "/items").await, "");
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
@@ -460,4 +464,98 @@ async fn a_tunnel_keeps_one_upstream_connection_and_hands_it_to_the_next_tunnel(
         .iter()
         .all(|r| (r.principal_id == alice.id) == (r.injected == ["REUSE_TOKEN"])));
     drop((guard, bobs_guard));
+}
+
+#[tokio::test]
+async fn a_host_is_reached_only_on_declared_ports_and_secrets_follow_the_port() {
+    use chiron_store::grants::GrantSubject;
+    use chiron_tools::{EgressHost, Injection, SecretInjection};
+
+    const HOST: &str = "api.ports.test";
+    let (upstream, upstream_ca, _) = counting_upstream(HOST).await;
+    let (db, _guard) = store(Backend::Sqlite).await;
+    let (_dir, ca, secrets) = proxy_parts(&db);
+    let alice = db.create_principal("alice").await.unwrap();
+    db.add_grant("std", GrantSubject::Principal(alice.id), Actor::cli())
+        .await
+        .unwrap();
+    secrets
+        .set(
+            "PORTS_TOKEN",
+            SecretOwner::Principal(alice.id),
+            "ports-secret",
+            Actor::cli(),
+        )
+        .await
+        .unwrap();
+    // Every port of the host resolves to the one local upstream.
+    let settings = support::local_upstream_settings(HOST, upstream, &upstream_ca);
+    let proxy = EgressProxy::new(db.clone(), secrets, ca.clone(), settings).unwrap();
+    let entry = |ports: Vec<u16>, secrets| EgressHost {
+        host: HOST.into(),
+        ports,
+        path_prefix: "/".into(),
+        secrets,
+    };
+    let token = SecretInjection {
+        name: "PORTS_TOKEN".into(),
+        injection: Injection::Header {
+            header: "Authorization".into(),
+            template: "Bearer {value}".into(),
+        },
+    };
+    let mut hosts = chiron_egress::proxy::PackageHosts::new();
+    // `std` declares the host (port 443) with the secret; `extra` declares port 8443 too.
+    hosts.insert("std".into(), vec![entry(vec![], vec![token])]);
+    hosts.insert("extra".into(), vec![entry(vec![8443], vec![])]);
+    proxy.set_packages(hosts);
+    let stop = CancellationToken::new();
+    let principal = PrincipalId(alice.id.0);
+    let (std_guard, std_url) = package_runner(&proxy, principal, "std", &stop).await;
+    let get = |url: &str, target: String| {
+        let client = proxied(&ca, url, true);
+        async move {
+            let response = client.get(target).send().await.unwrap();
+            assert!(response.status().is_success(), "{}", response.status());
+            response.text().await.unwrap()
+        }
+    };
+
+    assert_eq!(
+        get(&std_url, format!("https://{HOST}/items")).await,
+        "Bearer [redacted by chiron]"
+    );
+    // Port 8443 is declared by no package granted to alice yet.
+    let listener = std_url.rsplit('@').next().unwrap().parse().unwrap();
+    let credential = std_url
+        .trim_start_matches("http://chiron:")
+        .split('@')
+        .next()
+        .unwrap();
+    let refused = connect_request(listener, credential, &format!("{HOST}:8443")).await;
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    assert!(refused.contains("port 8443 of api.ports.test"), "{refused}");
+
+    // Once `extra` is granted, the port is reachable, but `std`'s secret, declared for the
+    // standard port only, is not injected there.
+    db.add_grant("extra", GrantSubject::Principal(alice.id), Actor::cli())
+        .await
+        .unwrap();
+    assert_eq!(
+        get(&std_url, format!("https://{HOST}:8443/items")).await,
+        ""
+    );
+    assert_eq!(
+        get(&std_url, format!("https://{HOST}/items")).await,
+        "Bearer [redacted by chiron]"
+    );
+
+    stop.cancel();
+    proxy.flush_audit().await;
+    let rows = db.egress_requests(None, 10).await.unwrap();
+    assert_eq!(
+        rows.iter().filter(|r| r.outcome == "denied_host").count(),
+        1
+    );
+    drop(std_guard);
 }

@@ -85,10 +85,20 @@ pub struct SecretInjection {
 pub struct EgressHost {
     /// Exact host name.
     pub host: String,
+    /// Ports besides the standard ones (443 for HTTPS, 80 for plain HTTP).
+    pub ports: Vec<u16>,
     /// Secrets are injected only under this path prefix (default `/`).
     pub path_prefix: String,
     /// Secrets injected for this host.
     pub secrets: Vec<SecretInjection>,
+}
+
+impl EgressHost {
+    /// Whether this entry covers `port`: the standard port of the scheme (443 with TLS, 80
+    /// without) or one of [`EgressHost::ports`].
+    pub fn allows_port(&self, port: u16, tls: bool) -> bool {
+        port == if tls { 443 } else { 80 } || self.ports.contains(&port)
+    }
 }
 
 /// A tool a command package declares.
@@ -188,6 +198,8 @@ struct RawEgress {
 #[serde(deny_unknown_fields)]
 struct RawHost {
     host: Spanned<String>,
+    #[serde(default)]
+    ports: Vec<Spanned<i64>>,
     #[serde(default)]
     path_prefix: Option<Spanned<String>>,
     #[serde(default)]
@@ -411,6 +423,17 @@ pub fn parse_manifest(
         if !host_ok {
             check.fail(Some(host.host.span()), field("host"), "must be an exact host name such as api.github.com (no scheme, port, path or wildcard)");
         }
+        let mut ports = Vec::new();
+        for (port_idx, port) in host.ports.iter().enumerate() {
+            match u16::try_from(*port.get_ref()) {
+                Ok(valid) if valid > 0 => ports.push(valid),
+                _ => check.fail(
+                    Some(port.span()),
+                    field(&format!("ports[{port_idx}]")),
+                    "must be a port number from 1 to 65535",
+                ),
+            }
+        }
         let path_prefix = match host.path_prefix {
             Some(prefix) if !prefix.get_ref().starts_with('/') => {
                 check.fail(
@@ -472,6 +495,7 @@ pub fn parse_manifest(
         }
         egress.push(EgressHost {
             host: host_name,
+            ports,
             path_prefix,
             secrets,
         });

@@ -44,6 +44,11 @@ fn a_good_manifest_parses() {
     );
     assert_eq!(package.egress[0].host, "api.github.com");
     assert_eq!(package.egress[0].path_prefix, "/");
+    assert!(package.egress[0].ports.is_empty());
+    assert!(package.egress[0].allows_port(443, true) && package.egress[0].allows_port(80, false));
+    assert!(
+        !package.egress[0].allows_port(8443, true) && !package.egress[0].allows_port(443, false)
+    );
     assert_eq!(
         package.egress[0].secrets[0].injection,
         Injection::Header {
@@ -88,6 +93,18 @@ fn errors_name_file_line_and_field() {
 
     let host = GOOD.replace("api.github.com", "https://api.github.com/");
     assert_eq!(first_error(&host).field, "egress.hosts[0].host");
+
+    let ports = GOOD.replace(
+        "host = \"api.github.com\"",
+        "host = \"api.github.com\"\nports = [8443, 0]",
+    );
+    let err = first_error(&ports);
+    assert_eq!(err.field, "egress.hosts[0].ports[1]");
+    assert_eq!(err.line, Some(18), "{err}");
+    let ports = ports.replace(", 0]", "]");
+    let package = parse(&ports).unwrap();
+    assert_eq!(package.egress[0].ports, [8443]);
+    assert!(package.egress[0].allows_port(8443, true));
 
     let schema = GOOD.replace(
         "input_schema = { type = \"object\",",

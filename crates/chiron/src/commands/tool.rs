@@ -133,8 +133,9 @@ fn print_packages(config: &Config, report: &LoadReport) {
         }
         for host in &package.egress {
             let secrets: Vec<&str> = host.secrets.iter().map(|s| s.name.as_str()).collect();
+            let ports: String = host.ports.iter().map(|p| format!(" +port {p}")).collect();
             println!(
-                "    egress {}{} secrets: [{}]",
+                "    egress {}{}{ports} secrets: [{}]",
                 host.host,
                 host.path_prefix,
                 secrets.join(", ")
