@@ -1095,6 +1095,18 @@ impl EgressProxy {
             }
         }
 
+        // A protocol switch (WebSocket) would carry frames the scrubber cannot see: say so
+        // rather than forward a request whose upgrade headers were stripped.
+        if parts.headers.contains_key(http::header::UPGRADE) {
+            audit.finish(StatusCode::NOT_IMPLEMENTED, "unsupported");
+            return refusal(
+                StatusCode::NOT_IMPLEMENTED,
+                "http_request_error",
+                "protocol upgrades (WebSocket) are not forwarded: secrets in their frames could \
+                 not be scrubbed",
+            );
+        }
+
         // Fail closed: no secrets, no egress.
         let (values, patterns) = match self.inner.secrets.current(caller.runner.principal).await {
             Ok(current) => current,

@@ -467,7 +467,7 @@ async fn a_tunnel_keeps_one_upstream_connection_and_hands_it_to_the_next_tunnel(
 }
 
 #[tokio::test]
-async fn a_host_is_reached_only_on_declared_ports_and_secrets_follow_the_port() {
+async fn hosts_open_only_on_declared_ports_secrets_follow_ports_and_upgrades_are_refused() {
     use chiron_store::grants::GrantSubject;
     use chiron_tools::{EgressHost, Injection, SecretInjection};
 
@@ -550,6 +550,17 @@ async fn a_host_is_reached_only_on_declared_ports_and_secrets_follow_the_port() 
         "Bearer [redacted by chiron]"
     );
 
+    // A WebSocket upgrade is refused with a reason, not forwarded without its headers.
+    let upgrade = proxied(&ca, &std_url, true)
+        .get(format!("https://{HOST}/socket"))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upgrade.status(), 501);
+    assert!(upgrade.text().await.unwrap().contains("WebSocket"));
+
     stop.cancel();
     proxy.flush_audit().await;
     let rows = db.egress_requests(None, 10).await.unwrap();
@@ -557,5 +568,8 @@ async fn a_host_is_reached_only_on_declared_ports_and_secrets_follow_the_port() 
         rows.iter().filter(|r| r.outcome == "denied_host").count(),
         1
     );
+    assert!(rows
+        .iter()
+        .any(|r| r.outcome == "unsupported" && r.path == "/socket"));
     drop(std_guard);
 }
