@@ -728,6 +728,16 @@ fn placeholders(text: &str) -> Vec<String> {
     found
 }
 
+/// `host`, with `:port` when the port is not the standard one of the scheme (HTTPS when
+/// `tls`), as audit rows show it.
+fn shown_host(host: &str, port: u16, tls: bool) -> String {
+    if port == if tls { 443 } else { 80 } {
+        host.to_owned()
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 /// An audit row in the making.
 struct Audit {
     writer: BatchWriter<EgressRecord>,
@@ -736,12 +746,13 @@ struct Audit {
 }
 
 impl Audit {
+    /// A row for a request to `host` (as [`shown_host`] writes it).
     fn new(
         writer: &BatchWriter<EgressRecord>,
         caller: Option<&Caller>,
         runner: &RunnerEgress,
         method: &Method,
-        host: &str,
+        host: String,
         path: &str,
     ) -> Self {
         Self {
@@ -755,7 +766,7 @@ impl Audit {
                     .unwrap_or_default(),
                 call_id: caller.and_then(|c| c.process.call_id.clone()),
                 method: method.to_string(),
-                host: host.to_owned(),
+                host,
                 path: path.to_owned(),
                 status: 0,
                 bytes_out: 0,
@@ -852,13 +863,14 @@ impl EgressProxy {
                 request.uri().port_u16(),
             )
         };
+        let port = port.unwrap_or(if is_connect { 443 } else { 80 });
         let path = request.uri().path().to_owned();
         let audit = Audit::new(
             &self.inner.audit,
             caller.as_ref(),
             &runner,
             request.method(),
-            &host,
+            shown_host(&host, port, is_connect),
             if is_connect { "" } else { &path },
         );
         let Some(caller) = caller else {
@@ -882,7 +894,6 @@ impl EgressProxy {
                 "send CONNECT for https, or an absolute http:// URL",
             );
         }
-        let port = port.unwrap_or(if is_connect { 443 } else { 80 });
         if let Err(details) = self.host_allowed(&caller, &host, port, is_connect).await {
             audit.finish(StatusCode::FORBIDDEN, "denied_host");
             return refusal(StatusCode::FORBIDDEN, "http_request_denied", &details);
@@ -987,7 +998,7 @@ impl EgressProxy {
                     Some(&caller),
                     &caller.runner,
                     &Method::CONNECT,
-                    &host,
+                    shown_host(&host, port, true),
                     "",
                 );
                 audit.finish(StatusCode::MISDIRECTED_REQUEST, "mismatch");
@@ -1070,7 +1081,7 @@ impl EgressProxy {
             Some(caller),
             &caller.runner,
             &parts.method,
-            host,
+            shown_host(host, port, tls),
             &path,
         );
 

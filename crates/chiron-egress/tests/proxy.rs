@@ -571,5 +571,16 @@ async fn hosts_open_only_on_declared_ports_secrets_follow_ports_and_upgrades_are
     assert!(rows
         .iter()
         .any(|r| r.outcome == "unsupported" && r.path == "/socket"));
+    // Rows name a port that is not the standard one.
+    let to_8443: Vec<_> = rows
+        .iter()
+        .filter(|r| r.host == "api.ports.test:8443")
+        .map(|r| r.outcome.as_str())
+        .collect();
+    assert_eq!(to_8443, ["ok", "denied_host"], "newest first");
+    assert!(rows
+        .iter()
+        .filter(|r| r.host != "api.ports.test:8443")
+        .all(|r| r.host == HOST));
     drop(std_guard);
 }
