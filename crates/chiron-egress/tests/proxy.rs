@@ -346,6 +346,50 @@ fn proxied(ca: &CertificateAuthority, proxy_url: &str, http1_only: bool) -> reqw
     builder.build().unwrap()
 }
 
+/// A proxy whose upstream for `host` (every port) is a [`counting_upstream`], and alice,
+/// granted `package` and holding `secret` = `value`. Bind the guards by name: they keep the
+/// database and the CA directory.
+struct Fixture {
+    db: chiron_store::Store,
+    _db_guard: chiron_store::testing::TestDb,
+    _ca_dir: tempfile::TempDir,
+    ca: Arc<CertificateAuthority>,
+    proxy: EgressProxy,
+    alice: chiron_core::Principal,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn fixture(host: &str, package: &str, secret: &str, value: &str) -> Fixture {
+    use chiron_store::grants::GrantSubject;
+    let (upstream, upstream_ca, accepted) = counting_upstream(host).await;
+    let (db, db_guard) = store(Backend::Sqlite).await;
+    let (ca_dir, ca, secrets) = proxy_parts(&db);
+    let alice = db.create_principal("alice").await.unwrap();
+    db.add_grant(package, GrantSubject::Principal(alice.id), Actor::cli())
+        .await
+        .unwrap();
+    secrets
+        .set(
+            secret,
+            SecretOwner::Principal(alice.id),
+            value,
+            Actor::cli(),
+        )
+        .await
+        .unwrap();
+    let settings = support::local_upstream_settings(host, upstream, &upstream_ca);
+    let proxy = EgressProxy::new(db.clone(), secrets, ca.clone(), settings).unwrap();
+    Fixture {
+        db,
+        _db_guard: db_guard,
+        _ca_dir: ca_dir,
+        ca,
+        proxy,
+        alice,
+        accepted,
+    }
+}
+
 #[tokio::test]
 async fn a_tunnel_keeps_one_upstream_connection_and_hands_it_to_the_next_tunnel() {
     use chiron_store::grants::GrantSubject;
@@ -353,24 +397,15 @@ async fn a_tunnel_keeps_one_upstream_connection_and_hands_it_to_the_next_tunnel(
     use std::sync::atomic::Ordering;
 
     const HOST: &str = "api.reuse.test";
-    let (upstream, upstream_ca, accepted) = counting_upstream(HOST).await;
-    let (db, _guard) = store(Backend::Sqlite).await;
-    let (_dir, ca, secrets) = proxy_parts(&db);
-    let alice = db.create_principal("alice").await.unwrap();
-    db.add_grant("reuse", GrantSubject::Principal(alice.id), Actor::cli())
-        .await
-        .unwrap();
-    secrets
-        .set(
-            "REUSE_TOKEN",
-            SecretOwner::Principal(alice.id),
-            "reuse-secret",
-            Actor::cli(),
-        )
-        .await
-        .unwrap();
-    let settings = support::local_upstream_settings(HOST, upstream, &upstream_ca);
-    let proxy = EgressProxy::new(db.clone(), secrets, ca.clone(), settings).unwrap();
+    let Fixture {
+        db,
+        ca,
+        proxy,
+        alice,
+        accepted,
+        _db_guard,
+        _ca_dir,
+    } = fixture(HOST, "reuse", "REUSE_TOKEN", "reuse-secret").await;
     let mut hosts = chiron_egress::proxy::PackageHosts::new();
     hosts.insert(
         "reuse".into(),
@@ -472,25 +507,15 @@ async fn hosts_open_only_on_declared_ports_secrets_follow_ports_and_upgrades_are
     use chiron_tools::{EgressHost, Injection, SecretInjection};
 
     const HOST: &str = "api.ports.test";
-    let (upstream, upstream_ca, _) = counting_upstream(HOST).await;
-    let (db, _guard) = store(Backend::Sqlite).await;
-    let (_dir, ca, secrets) = proxy_parts(&db);
-    let alice = db.create_principal("alice").await.unwrap();
-    db.add_grant("std", GrantSubject::Principal(alice.id), Actor::cli())
-        .await
-        .unwrap();
-    secrets
-        .set(
-            "PORTS_TOKEN",
-            SecretOwner::Principal(alice.id),
-            "ports-secret",
-            Actor::cli(),
-        )
-        .await
-        .unwrap();
-    // Every port of the host resolves to the one local upstream.
-    let settings = support::local_upstream_settings(HOST, upstream, &upstream_ca);
-    let proxy = EgressProxy::new(db.clone(), secrets, ca.clone(), settings).unwrap();
+    let Fixture {
+        db,
+        ca,
+        proxy,
+        alice,
+        _db_guard,
+        _ca_dir,
+        ..
+    } = fixture(HOST, "std", "PORTS_TOKEN", "ports-secret").await;
     let entry = |ports: Vec<u16>, secrets| EgressHost {
         host: HOST.into(),
         ports,
