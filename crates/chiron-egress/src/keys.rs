@@ -3,6 +3,7 @@
 //! the id of the key that sealed it, so keys can rotate (`chiron secret rotate-key`).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -242,12 +243,15 @@ impl Keyring {
             .map_err(|_| KeyError::Open(sealed.name.clone()))
     }
 
-    /// Rotates the key file: a new key is written beside it (`.next`), `reseal` re-encrypts
-    /// every value with it, and only then does it replace the old file. Returns the new
-    /// keyring. Keys from `CHIRON_MASTER_KEY` are rotated where they are kept, not here.
+    /// Rotates the key file: a new key is written beside it (`.next`), `reseal(old, new)`
+    /// re-encrypts every value with it, and only then does it replace the old file. `reseal`
+    /// runs once more after the replacement, for values another process sealed with the old
+    /// key meanwhile (processes that hold the old keyring load the new file before they seal,
+    /// see [`crate::Secrets`]). Returns the new keyring. Keys from `CHIRON_MASTER_KEY` are
+    /// rotated where they are kept, not here.
     pub async fn rotate<F, Fut>(key_file: &Path, reseal: F) -> Result<Keyring, String>
     where
-        F: FnOnce(Keyring, Keyring) -> Fut,
+        F: Fn(Arc<Keyring>, Arc<Keyring>) -> Fut,
         Fut: std::future::Future<Output = Result<(), String>>,
     {
         if std::env::var_os(MASTER_KEY_ENV).is_some() {
@@ -255,16 +259,26 @@ impl Keyring {
                 "the master key comes from {MASTER_KEY_ENV}: rotate it where it is kept (re-seal with `chiron secret rotate-key` after moving it to a key file)"
             ));
         }
-        let old = Keyring::load(key_file).map_err(|e| e.to_string())?;
+        let old = Arc::new(Keyring::load(key_file).map_err(|e| e.to_string())?);
         let next = next_file(key_file);
         let _ = std::fs::remove_file(&next);
         let text = MasterKey::generate();
         write_key_file(&next, &text).map_err(|e| e.to_string())?;
-        let new = MasterKey::from_base64(&text, &next.display().to_string())
-            .map_err(|e| e.to_string())?;
-        reseal(old, Keyring::single(new)).await?;
+        let new = Arc::new(Keyring::single(
+            MasterKey::from_base64(&text, &next.display().to_string())
+                .map_err(|e| e.to_string())?,
+        ));
+        reseal(old.clone(), new.clone()).await?;
         std::fs::rename(&next, key_file).map_err(|e| format!("{}: {e}", key_file.display()))?;
+        reseal(old, new).await.map_err(|err| {
+            format!("the new key is in place, but values sealed meanwhile could not be re-sealed: {err}")
+        })?;
         Keyring::load(key_file).map_err(|e| e.to_string())
+    }
+
+    /// Whether `sealed` was sealed with the key that seals now.
+    pub fn is_current(&self, sealed: &SealedSecret) -> bool {
+        sealed.key_id == self.current.id
     }
 }
 

@@ -15,7 +15,7 @@ use chiron_core::{Actor, NewAuditEvent, PrincipalId};
 use chiron_store::secrets::{SecretInfo, SecretOwner};
 use chiron_store::Store;
 
-use crate::keys::{KeyError, Keyring};
+use crate::keys::{KeyError, Keyring, MASTER_KEY_ENV};
 
 /// Why a secret operation failed. Never contains a value.
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +150,8 @@ pub struct Secrets {
     store: Store,
     key_file: PathBuf,
     keys: RwLock<Result<Arc<Keyring>, KeyError>>,
+    /// The key file as `keys` were loaded from it (see [`Secrets::follow_key_file`]).
+    key_stamp: std::sync::Mutex<Option<KeyStamp>>,
     opened: std::sync::Mutex<HashMap<PrincipalId, Opened>>,
     freshness: Freshness,
 }
@@ -158,6 +160,7 @@ impl Secrets {
     /// The secret store; the keyring is loaded from `CHIRON_MASTER_KEY` or `key_file`. A missing
     /// or malformed key is kept as the error every operation returns.
     pub fn new(store: Store, key_file: PathBuf) -> Self {
+        let key_stamp = std::sync::Mutex::new(KeyStamp::of(&key_file));
         let keys = Keyring::load(&key_file).map(Arc::new);
         if let Err(err) = &keys {
             tracing::warn!(error = %err, "secrets are unavailable; egress requests get no secrets and are refused");
@@ -166,6 +169,7 @@ impl Secrets {
             store,
             key_file,
             keys: RwLock::new(keys),
+            key_stamp,
             opened: std::sync::Mutex::default(),
             freshness: Freshness::default(),
         }
@@ -195,6 +199,7 @@ impl Secrets {
             store,
             key_file: PathBuf::new(),
             keys: RwLock::new(Ok(Arc::new(keyring))),
+            key_stamp: std::sync::Mutex::default(),
             opened: std::sync::Mutex::default(),
             freshness: Freshness::default(),
         }
@@ -227,6 +232,7 @@ impl Secrets {
         if value.is_empty() {
             return Err(SecretError::Empty);
         }
+        self.follow_key_file();
         let sealed = self.keyring()?.seal(name, owner, value.as_bytes());
         self.store.put_secret(&sealed).await?;
         self.freshness.bump();
@@ -284,7 +290,8 @@ impl Secrets {
         &self,
         principal: PrincipalId,
     ) -> Result<(Arc<Values>, Arc<crate::scrub::Patterns>), SecretError> {
-        let keys = self.keyring()?;
+        // Fail closed, cached values or not.
+        self.keyring()?;
         // Taken before reading storage: a change committed after this point moves it on, so
         // the next request reads again.
         let seen = self.freshness.now();
@@ -299,6 +306,8 @@ impl Secrets {
                 return Ok((opened.values.clone(), opened.patterns.clone()));
             }
         }
+        self.follow_key_file();
+        let keys = self.keyring()?;
         let sealed = self.store.secrets_for(principal).await?;
         let mut fingerprint = keys.current_id().as_bytes().to_vec();
         for secret in &sealed {
@@ -370,19 +379,22 @@ impl Secrets {
         let store = self.store.clone();
         let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = count.clone();
-        let keyring = Keyring::rotate(&self.key_file, |old, new| async move {
-            let sealed = store.all_secrets().await.map_err(|e| e.to_string())?;
-            let mut resealed = Vec::with_capacity(sealed.len());
-            for secret in &sealed {
-                let plain = old.open(secret).map_err(|e| e.to_string())?;
-                resealed.push(new.seal(&secret.name, secret.owner, &plain));
+        let keyring = Keyring::rotate(&self.key_file, move |old, new| {
+            let (store, counted) = (store.clone(), counted.clone());
+            async move {
+                let sealed = store.all_secrets().await.map_err(|e| e.to_string())?;
+                let mut resealed = Vec::with_capacity(sealed.len());
+                for secret in sealed.iter().filter(|s| !new.is_current(s)) {
+                    let plain = old.open(secret).map_err(|e| e.to_string())?;
+                    resealed.push(new.seal(&secret.name, secret.owner, &plain));
+                }
+                store
+                    .reseal_secrets(&resealed)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                counted.fetch_add(resealed.len(), std::sync::atomic::Ordering::SeqCst);
+                Ok(())
             }
-            store
-                .reseal_secrets(&resealed)
-                .await
-                .map_err(|e| e.to_string())?;
-            counted.store(resealed.len(), std::sync::atomic::Ordering::SeqCst);
-            Ok(())
         })
         .await?;
         let id = keyring.current_id().to_owned();
@@ -390,12 +402,68 @@ impl Secrets {
             .keys
             .write()
             .expect("invariant: keyring lock is never poisoned") = Ok(Arc::new(keyring));
+        *self.key_stamp.lock().expect("invariant: key stamp lock") = KeyStamp::of(&self.key_file);
         self.opened
             .lock()
             .expect("invariant: opened-values lock")
             .clear();
         self.freshness.bump();
         Ok((count.load(std::sync::atomic::Ordering::SeqCst), id))
+    }
+
+    /// Loads the key file again if it was replaced since it was loaded (a rotation by another
+    /// process), so values are sealed with the key that seals now and opened with it.
+    fn follow_key_file(&self) {
+        if self.key_file.as_os_str().is_empty() || std::env::var_os(MASTER_KEY_ENV).is_some() {
+            return;
+        }
+        let now = KeyStamp::of(&self.key_file);
+        let mut stamp = self.key_stamp.lock().expect("invariant: key stamp lock");
+        if *stamp == now {
+            return;
+        }
+        let keys = Keyring::load(&self.key_file).map(Arc::new);
+        match &keys {
+            Ok(keyring) => {
+                tracing::info!(
+                    key_id = keyring.current_id(),
+                    "master key file changed: loaded it again"
+                );
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "master key file changed and cannot be loaded")
+            }
+        }
+        *self
+            .keys
+            .write()
+            .expect("invariant: keyring lock is never poisoned") = keys;
+        *stamp = now;
+    }
+}
+
+/// Which file a key file path holds (a rotation replaces it by rename), and its size and
+/// modification time; `None` when it is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct KeyStamp {
+    device: u64,
+    inode: u64,
+    modified: i64,
+    modified_nanos: i64,
+    len: u64,
+}
+
+impl KeyStamp {
+    fn of(path: &std::path::Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        Some(Self {
+            device: meta.dev(),
+            inode: meta.ino(),
+            modified: meta.mtime(),
+            modified_nanos: meta.mtime_nsec(),
+            len: meta.len(),
+        })
     }
 }
 

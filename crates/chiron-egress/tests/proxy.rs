@@ -80,6 +80,39 @@ async fn a_principals_own_value_wins_over_the_teams_and_rotation_keeps_values() 
     );
 }
 
+#[tokio::test]
+async fn a_rotation_by_another_process_is_followed_and_loses_nothing() {
+    let (db, _guard) = store(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("master.key");
+    Keyring::create_file(&key_file).unwrap();
+    let marker = dir.path().join("secrets.changed");
+    // A running server, and the CLI that rotates the key under it.
+    let server = Secrets::new(db.clone(), key_file.clone()).with_change_marker(marker.clone());
+    let cli = Secrets::new(db.clone(), key_file.clone()).with_change_marker(marker);
+    let alice = PrincipalId::new();
+    let owner = SecretOwner::Principal(alice);
+    server
+        .set("TOKEN", owner, "before-rotation", Actor::cli())
+        .await
+        .unwrap();
+    assert_eq!(value(&server, alice).await.unwrap(), "before-rotation");
+
+    let (count, new_key) = cli.rotate_key().await.unwrap();
+    assert_eq!(count, 1);
+    // The server opens the re-sealed value with the new key, and seals with it.
+    assert_eq!(value(&server, alice).await.unwrap(), "before-rotation");
+    server
+        .set("TOKEN", owner, "after-rotation", Actor::cli())
+        .await
+        .unwrap();
+    let stored = db.all_secrets().await.unwrap();
+    assert!(stored.iter().all(|s| s.key_id == new_key), "{stored:?}");
+    // After a restart, everything opens.
+    let restarted = Secrets::new(db.clone(), key_file);
+    assert_eq!(value(&restarted, alice).await.unwrap(), "after-rotation");
+}
+
 /// The value of `TOKEN` that applies to `principal` now.
 async fn value(secrets: &Secrets, principal: PrincipalId) -> Option<String> {
     let (values, _) = secrets.current(principal).await.unwrap();
