@@ -31,6 +31,8 @@ pub struct Config {
     pub egress: EgressConfig,
     /// The Slack bot.
     pub slack: SlackConfig,
+    /// Audit rows.
+    pub audit: AuditConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -329,6 +331,24 @@ impl Default for RunnerConfig {
             memory_mib: 512,
             max_processes: 128,
             cpu_percent: 100,
+        }
+    }
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Tool call and egress rows older than this are deleted (hourly, by every server);
+    /// `0s` keeps them forever. Administrative events are always kept.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(90 * 24 * 60 * 60),
         }
     }
 }

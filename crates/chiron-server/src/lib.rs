@@ -10,6 +10,7 @@ pub mod egress;
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod retention;
 pub mod serve;
 pub mod setup;
 pub mod slack;

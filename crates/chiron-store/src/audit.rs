@@ -23,7 +23,48 @@ pub struct AuditFilter {
     pub limit: Option<u32>,
 }
 
+/// What [`Store::prune_audit`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Tool call rows.
+    pub tool_calls: u64,
+    /// Egress request rows.
+    pub egress_requests: u64,
+}
+
+/// Rows deleted per statement: a long delete would hold SQLite's write lock (and keep audit
+/// writers waiting) for its whole length.
+const PRUNE_CHUNK: i64 = 5000;
+
 impl Store {
+    /// Deletes tool call and egress rows from before `before`, a chunk at a time.
+    /// Administrative audit events are kept.
+    pub async fn prune_audit(&self, before: OffsetDateTime) -> Result<Pruned, StoreError> {
+        let before = to_millis(before);
+        let mut pruned = Pruned::default();
+        for (table, count) in [
+            ("tool_calls", &mut pruned.tool_calls),
+            ("egress_requests", &mut pruned.egress_requests),
+        ] {
+            let sql = format!(
+                "DELETE FROM {table} WHERE id IN \
+                 (SELECT id FROM {table} WHERE at < $1 ORDER BY at LIMIT $2)"
+            );
+            loop {
+                let done = sqlx::query(&sql)
+                    .bind(before)
+                    .bind(PRUNE_CHUNK)
+                    .execute(self.pool())
+                    .await?;
+                *count += done.rows_affected();
+                if done.rows_affected() < PRUNE_CHUNK as u64 {
+                    break;
+                }
+            }
+        }
+        Ok(pruned)
+    }
+
     /// Appends one audit event on its own.
     pub async fn record_audit(&self, event: NewAuditEvent) -> Result<AuditEvent, StoreError> {
         let mut tx = self.pool().begin().await?;

@@ -135,6 +135,13 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Delete tool call and egress rows older than audit.retention (a running server does this
+    /// hourly); administrative events are kept.
+    Prune {
+        /// Delete rows older than this instead (e.g. 30d).
+        #[arg(long, value_parser = humantime_duration)]
+        older_than: Option<std::time::Duration>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

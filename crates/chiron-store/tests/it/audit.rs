@@ -64,3 +64,83 @@ backend_tests!(ping_and_migrate_twice, |store: Store| async move {
     store.migrate().await.unwrap();
     store.ping().await.unwrap();
 });
+
+backend_tests!(
+    pruning_deletes_old_call_and_egress_rows_and_keeps_admin_events,
+    |store: Store| async move {
+        use chiron_core::TokenId;
+        use chiron_store::audit::Pruned;
+        use chiron_store::secrets::EgressRecord;
+        use chiron_store::tool_calls::ToolCallRecord;
+
+        let old = now() - time::Duration::days(100);
+        let recent = now();
+        let principal = PrincipalId::new();
+        let call = |at, id: &str| ToolCallRecord {
+            call_id: id.into(),
+            at,
+            principal_id: principal,
+            token_id: TokenId::new(),
+            tool: "echo_echo".into(),
+            package: "echo".into(),
+            arg_keys: vec![],
+            arg_bytes: 0,
+            arg_values: None,
+            outcome: "ok".into(),
+            duration_ms: 1,
+            runner_id: None,
+        };
+        let egress = |at| EgressRecord {
+            at,
+            principal_id: principal,
+            runner_id: "runner-1".into(),
+            package: "echo".into(),
+            call_id: None,
+            method: "GET".into(),
+            host: "api.example.com".into(),
+            path: "/".into(),
+            status: 200,
+            bytes_out: 0,
+            bytes_in: 0,
+            duration_ms: 1,
+            injected: vec![],
+            outcome: "ok".into(),
+        };
+        store
+            .record_tool_calls(&[call(old, "old"), call(recent, "recent")])
+            .await
+            .unwrap();
+        // More old rows than one delete statement takes.
+        let old_egress: Vec<_> = (0..5003).map(|_| egress(old)).collect();
+        store.record_egress_batch(&old_egress).await.unwrap();
+        store.record_egress_batch(&[egress(recent)]).await.unwrap();
+        store
+            .record_audit(audit("token.revoke", "t1"))
+            .await
+            .unwrap();
+
+        let cutoff = now() - time::Duration::days(90);
+        let pruned = store.prune_audit(cutoff).await.unwrap();
+        assert_eq!(
+            pruned,
+            Pruned {
+                tool_calls: 1,
+                egress_requests: 5003
+            }
+        );
+        let calls = store.list_tool_calls(&Default::default()).await.unwrap();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].call_id, "recent");
+        assert_eq!(store.egress_requests(None, 10).await.unwrap().len(), 1);
+        assert_eq!(
+            store
+                .list_audit(&AuditFilter::default())
+                .await
+                .unwrap()
+                .len(),
+            1,
+            "administrative events are kept"
+        );
+        assert_eq!(store.prune_audit(cutoff).await.unwrap(), Pruned::default());
+    }
+);

@@ -1,4 +1,5 @@
-//! `chiron audit tail|search`: administrative events and tool calls from storage.
+//! `chiron audit tail|search|egress|prune`: administrative events, tool calls and egress
+//! requests from storage.
 
 use std::process::ExitCode;
 
@@ -99,6 +100,22 @@ pub async fn run(config: Config, command: AuditCommand) -> anyhow::Result<ExitCo
                         row.injected.join(",")
                     );
                 }
+            }
+        }
+        AuditCommand::Prune { older_than } => {
+            let older_than = older_than.unwrap_or(config.audit.retention);
+            if older_than.is_zero() {
+                anyhow::bail!(
+                    "audit.retention is 0s (keep forever): give --older-than to prune anyway"
+                );
+            }
+            let shown = chiron_server::retention::describe(older_than);
+            match chiron_server::retention::prune(&store, older_than).await? {
+                Some(pruned) => println!(
+                    "deleted {} tool call and {} egress rows older than {shown}",
+                    pruned.tool_calls, pruned.egress_requests
+                ),
+                None => println!("nothing can be older than {shown}"),
             }
         }
         AuditCommand::Search(args) => {

@@ -130,6 +130,11 @@ pub async fn run(mut config: Config, demo: bool) -> anyhow::Result<ExitCode> {
         None
     };
     let flusher = auth.spawn_usage_flusher(Duration::from_secs(5), background.clone());
+    let pruner = chiron_server::retention::spawn_pruner(
+        store.clone(),
+        config.audit.retention,
+        background.clone(),
+    );
     // Secret values stay in memory between egress requests; other replicas' changes drop them.
     let secret_changes = egress.as_ref().and_then(|egress| {
         chiron_server::egress::follow_secret_changes(
@@ -202,6 +207,9 @@ pub async fn run(mut config: Config, demo: bool) -> anyhow::Result<ExitCode> {
         let _ = watcher.await;
     }
     if let Some(task) = secret_changes {
+        let _ = task.await;
+    }
+    if let Some(task) = pruner {
         let _ = task.await;
     }
     tools.catalog.flush_audit().await;

@@ -240,4 +240,26 @@ async fn audit_tail_and_search() {
         .is_empty());
     let events = chiron.ok(&["audit", "search", "--action", "grant.add", "--since", "1h"]);
     assert_eq!(events.lines().count(), 1, "{events}");
+
+    // Pruning by age: an old call goes, the recent one and every event stay.
+    let old = chiron_store::tool_calls::ToolCallRecord {
+        call_id: "call-old".into(),
+        at: chiron_core::time_util::now() - time::Duration::days(120),
+        ..call
+    };
+    auth.store().record_tool_call(&old).await.unwrap();
+    let pruned = chiron.ok(&["audit", "prune"]);
+    assert_eq!(
+        pruned.trim(),
+        "deleted 1 tool call and 0 egress rows older than 90d"
+    );
+    let calls = chiron.ok(&["audit", "search", "--json"]);
+    assert!(
+        calls.contains("call-1") && !calls.contains("call-old"),
+        "{calls}"
+    );
+    chiron.set_env("CHIRON_AUDIT__RETENTION", "0s");
+    let refused = chiron.run(&["audit", "prune"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--older-than"));
 }
