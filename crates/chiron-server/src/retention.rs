@@ -45,13 +45,10 @@ pub fn spawn_pruner(
         return None;
     }
     Some(tokio::spawn(async move {
-        let mut every = tokio::time::interval(PRUNE_EVERY);
+        let mut every =
+            tokio::time::interval_at(tokio::time::Instant::now() + PRUNE_EVERY, PRUNE_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = every.tick() => {}
-                () = stop.cancelled() => break,
-            }
             match prune(&store, retention).await {
                 Ok(Some(pruned)) if pruned != Pruned::default() => tracing::info!(
                     tool_calls = pruned.tool_calls,
@@ -62,6 +59,60 @@ pub fn spawn_pruner(
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = %err, "could not delete old audit rows"),
             }
+            tokio::select! {
+                _ = every.tick() => {}
+                () = stop.cancelled() => break,
+            }
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chiron_store::tool_calls::ToolCallRecord;
+
+    fn call(id: &str, age_days: i64) -> ToolCallRecord {
+        ToolCallRecord {
+            call_id: id.into(),
+            at: now() - time::Duration::days(age_days),
+            principal_id: chiron_core::PrincipalId::new(),
+            token_id: chiron_core::TokenId::new(),
+            tool: "echo_echo".into(),
+            package: "echo".into(),
+            arg_keys: vec![],
+            arg_bytes: 0,
+            arg_values: None,
+            outcome: "ok".into(),
+            duration_ms: 1,
+            runner_id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_server_prunes_when_it_starts_and_not_with_retention_zero() {
+        let (store, _db) = chiron_store::testing::store(chiron_store::Backend::Sqlite).await;
+        store
+            .record_tool_calls(&[call("old", 40), call("new", 1)])
+            .await
+            .unwrap();
+        let kept = || async {
+            let calls = store.list_tool_calls(&Default::default()).await.unwrap();
+            calls.into_iter().map(|c| c.call_id).collect::<Vec<_>>()
+        };
+        assert!(spawn_pruner(store.clone(), Duration::ZERO, CancellationToken::new()).is_none());
+
+        let stop = CancellationToken::new();
+        let pruner = spawn_pruner(
+            store.clone(),
+            Duration::from_secs(30 * 86_400),
+            stop.clone(),
+        )
+        .expect("a pruner");
+        stop.cancel();
+        pruner.await.unwrap();
+        assert_eq!(kept().await, ["new"]);
+        assert_eq!(describe(Duration::from_secs(90 * 86_400)), "90d");
+        assert_eq!(describe(Duration::from_secs(36 * 3600)), "1day 12h");
+    }
 }
