@@ -210,6 +210,9 @@ pub async fn run(mut config: Config, demo: bool) -> anyhow::Result<ExitCode> {
         let _ = task.await;
     }
     if let Some(task) = pruner {
+        // A first prune of a large backlog may still be deleting: shutdown does not wait for
+        // it (deletes are chunked, and the next start carries on).
+        task.abort();
         let _ = task.await;
     }
     tools.catalog.flush_audit().await;
