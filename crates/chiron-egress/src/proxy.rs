@@ -20,6 +20,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -429,8 +430,8 @@ pub type PackageHosts = HashMap<String, Vec<EgressHost>>;
 
 struct Inner {
     store: Store,
-    /// Egress audit rows, written in batches off the request path.
-    audit: BatchWriter<EgressRecord>,
+    /// Egress audit rows, written in batches off the request path, and counted.
+    audit: AuditSink,
     secrets: Arc<Secrets>,
     ca: Arc<CertificateAuthority>,
     packages: RwLock<Arc<PackageHosts>>,
@@ -491,12 +492,15 @@ impl EgressProxy {
             .wrap_connector(dialer);
         Ok(Self {
             inner: Arc::new(Inner {
-                audit: {
-                    let store = store.clone();
-                    BatchWriter::start("egress requests", move |rows| {
+                audit: AuditSink {
+                    writer: {
                         let store = store.clone();
-                        async move { store.record_egress_batch(&rows).await }
-                    })
+                        BatchWriter::start("egress requests", move |rows| {
+                            let store = store.clone();
+                            async move { store.record_egress_batch(&rows).await }
+                        })
+                    },
+                    counters: Arc::default(),
                 },
                 store,
                 secrets,
@@ -518,7 +522,20 @@ impl EgressProxy {
 
     /// Waits until every egress row recorded so far is in storage.
     pub async fn flush_audit(&self) {
-        self.inner.audit.flush().await;
+        self.inner.audit.writer.flush().await;
+    }
+
+    /// What the proxy has done since it started.
+    pub fn counts(&self) -> EgressCounts {
+        let counters = &self.inner.audit.counters;
+        EgressCounts {
+            by_outcome: Outcome::ALL
+                .iter()
+                .map(|o| (*o, counters.by_outcome[*o as usize].load(Ordering::Relaxed)))
+                .collect(),
+            bytes_out: counters.bytes_out.load(Ordering::Relaxed),
+            bytes_in: counters.bytes_in.load(Ordering::Relaxed),
+        }
     }
 
     /// The number of idle upstream connections kept for the next tunnel to their host,
@@ -738,9 +755,100 @@ fn shown_host(host: &str, port: u16, tls: bool) -> String {
     }
 }
 
+/// How an egress request ended, as its audit row and the metrics name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Forwarded, and the whole answer went back.
+    Ok,
+    /// Forwarded, but the answer stopped early (the tool or the upstream went away).
+    Incomplete,
+    /// The upstream could not be reached or failed.
+    UpstreamError,
+    /// Neither CONNECT nor an absolute `http://` URL.
+    BadRequest,
+    /// No package granted to the principal declares the host (and port).
+    DeniedHost,
+    /// The host resolved to an internal address that is not allowed.
+    DeniedAddress,
+    /// A secret placeholder for a host that does not declare it.
+    PlaceholderRefused,
+    /// SNI or `Host` disagreed with the CONNECT target.
+    Mismatch,
+    /// No valid proxy credential.
+    Unauthenticated,
+    /// The master key is missing or wrong: nothing is forwarded.
+    SecretsUnavailable,
+    /// A protocol upgrade (WebSocket).
+    Unsupported,
+    /// The proxy itself failed (a leaf certificate could not be made).
+    ProxyError,
+}
+
+impl Outcome {
+    /// Every outcome, in a fixed order.
+    pub const ALL: [Outcome; 12] = [
+        Outcome::Ok,
+        Outcome::Incomplete,
+        Outcome::UpstreamError,
+        Outcome::BadRequest,
+        Outcome::DeniedHost,
+        Outcome::DeniedAddress,
+        Outcome::PlaceholderRefused,
+        Outcome::Mismatch,
+        Outcome::Unauthenticated,
+        Outcome::SecretsUnavailable,
+        Outcome::Unsupported,
+        Outcome::ProxyError,
+    ];
+
+    /// The name audit rows and metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Incomplete => "incomplete",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::BadRequest => "bad_request",
+            Outcome::DeniedHost => "denied_host",
+            Outcome::DeniedAddress => "denied_address",
+            Outcome::PlaceholderRefused => "placeholder_refused",
+            Outcome::Mismatch => "mismatch",
+            Outcome::Unauthenticated => "unauthenticated",
+            Outcome::SecretsUnavailable => "secrets_unavailable",
+            Outcome::Unsupported => "unsupported",
+            Outcome::ProxyError => "proxy_error",
+        }
+    }
+}
+
+/// Requests by outcome since the proxy started, and the body bytes they moved.
+#[derive(Default)]
+struct Counters {
+    by_outcome: [AtomicU64; Outcome::ALL.len()],
+    bytes_out: AtomicU64,
+    bytes_in: AtomicU64,
+}
+
+/// What the proxy has done since it started, for metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressCounts {
+    /// Requests by outcome, in [`Outcome::ALL`] order.
+    pub by_outcome: Vec<(Outcome, u64)>,
+    /// Request body bytes sent upstream.
+    pub bytes_out: u64,
+    /// Response body bytes received from upstream.
+    pub bytes_in: u64,
+}
+
+/// Where finished audit rows go: the batch writer, and the counters.
+#[derive(Clone)]
+struct AuditSink {
+    writer: BatchWriter<EgressRecord>,
+    counters: Arc<Counters>,
+}
+
 /// An audit row in the making.
 struct Audit {
-    writer: BatchWriter<EgressRecord>,
+    sink: AuditSink,
     record: EgressRecord,
     started: Instant,
 }
@@ -748,7 +856,7 @@ struct Audit {
 impl Audit {
     /// A row for a request to `host` (as [`shown_host`] writes it).
     fn new(
-        writer: &BatchWriter<EgressRecord>,
+        sink: &AuditSink,
         caller: Option<&Caller>,
         runner: &RunnerEgress,
         method: &Method,
@@ -756,7 +864,7 @@ impl Audit {
         path: &str,
     ) -> Self {
         Self {
-            writer: writer.clone(),
+            sink: sink.clone(),
             record: EgressRecord {
                 at: now(),
                 principal_id: runner.principal,
@@ -779,12 +887,20 @@ impl Audit {
         }
     }
 
-    /// Hands the finished row to the audit writer.
-    fn finish(mut self, status: StatusCode, outcome: &str) {
+    /// Counts the request and hands the finished row to the audit writer.
+    fn finish(mut self, status: StatusCode, outcome: Outcome) {
         self.record.status = i64::from(status.as_u16());
-        self.record.outcome = outcome.to_owned();
+        self.record.outcome = outcome.as_str().to_owned();
         self.record.duration_ms = self.started.elapsed().as_millis() as i64;
-        let _ = self.writer.write(self.record);
+        let counters = &self.sink.counters;
+        counters.by_outcome[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        counters
+            .bytes_out
+            .fetch_add(self.record.bytes_out as u64, Ordering::Relaxed);
+        counters
+            .bytes_in
+            .fetch_add(self.record.bytes_in as u64, Ordering::Relaxed);
+        let _ = self.sink.writer.write(self.record);
     }
 }
 
@@ -874,7 +990,10 @@ impl EgressProxy {
             if is_connect { "" } else { &path },
         );
         let Some(caller) = caller else {
-            audit.finish(StatusCode::PROXY_AUTHENTICATION_REQUIRED, "unauthenticated");
+            audit.finish(
+                StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                Outcome::Unauthenticated,
+            );
             let mut response = refusal(
                 StatusCode::PROXY_AUTHENTICATION_REQUIRED,
                 "http_request_denied",
@@ -887,7 +1006,7 @@ impl EgressProxy {
             return response;
         };
         if host.is_empty() || (!is_connect && request.uri().scheme_str() != Some("http")) {
-            audit.finish(StatusCode::BAD_REQUEST, "bad_request");
+            audit.finish(StatusCode::BAD_REQUEST, Outcome::BadRequest);
             return refusal(
                 StatusCode::BAD_REQUEST,
                 "http_request_error",
@@ -895,7 +1014,7 @@ impl EgressProxy {
             );
         }
         if let Err(details) = self.host_allowed(&caller, &host, port, is_connect).await {
-            audit.finish(StatusCode::FORBIDDEN, "denied_host");
+            audit.finish(StatusCode::FORBIDDEN, Outcome::DeniedHost);
             return refusal(StatusCode::FORBIDDEN, "http_request_denied", &details);
         }
         if !is_connect {
@@ -906,7 +1025,7 @@ impl EgressProxy {
         let leaf = match self.inner.ca.leaf(&host) {
             Ok(leaf) => leaf,
             Err(err) => {
-                audit.finish(StatusCode::INTERNAL_SERVER_ERROR, "proxy_error");
+                audit.finish(StatusCode::INTERNAL_SERVER_ERROR, Outcome::ProxyError);
                 return refusal(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "proxy_internal_error",
@@ -1001,7 +1120,7 @@ impl EgressProxy {
                     shown_host(&host, port, true),
                     "",
                 );
-                audit.finish(StatusCode::MISDIRECTED_REQUEST, "mismatch");
+                audit.finish(StatusCode::MISDIRECTED_REQUEST, Outcome::Mismatch);
                 tracing::debug!(host = %host, error = %err, "egress TLS handshake refused");
                 return;
             }
@@ -1097,7 +1216,7 @@ impl EgressProxy {
                 named_host == host && named_port.is_none_or(|p| p == port)
             });
             if !agrees {
-                audit.finish(StatusCode::MISDIRECTED_REQUEST, "mismatch");
+                audit.finish(StatusCode::MISDIRECTED_REQUEST, Outcome::Mismatch);
                 return refusal(
                     StatusCode::MISDIRECTED_REQUEST,
                     "http_request_denied",
@@ -1109,7 +1228,7 @@ impl EgressProxy {
         // A protocol switch (WebSocket) would carry frames the scrubber cannot see: say so
         // rather than forward a request whose upgrade headers were stripped.
         if parts.headers.contains_key(http::header::UPGRADE) {
-            audit.finish(StatusCode::NOT_IMPLEMENTED, "unsupported");
+            audit.finish(StatusCode::NOT_IMPLEMENTED, Outcome::Unsupported);
             return refusal(
                 StatusCode::NOT_IMPLEMENTED,
                 "http_request_error",
@@ -1122,7 +1241,7 @@ impl EgressProxy {
         let (values, patterns) = match self.inner.secrets.current(caller.runner.principal).await {
             Ok(current) => current,
             Err(err) => {
-                audit.finish(StatusCode::SERVICE_UNAVAILABLE, "secrets_unavailable");
+                audit.finish(StatusCode::SERVICE_UNAVAILABLE, Outcome::SecretsUnavailable);
                 return refusal(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "proxy_configuration_error",
@@ -1149,7 +1268,7 @@ impl EgressProxy {
         match inject(&mut parts, tls, &declared, &values) {
             Ok(names) => audit.record.injected = names,
             Err(details) => {
-                audit.finish(StatusCode::FORBIDDEN, "placeholder_refused");
+                audit.finish(StatusCode::FORBIDDEN, Outcome::PlaceholderRefused);
                 return refusal(StatusCode::FORBIDDEN, "http_request_denied", &details);
             }
         }
@@ -1163,7 +1282,7 @@ impl EgressProxy {
                 parts.uri = match format!("{scheme}://{host}:{port}{path_and_query}").parse() {
                     Ok(uri) => uri,
                     Err(_) => {
-                        audit.finish(StatusCode::BAD_REQUEST, "bad_request");
+                        audit.finish(StatusCode::BAD_REQUEST, Outcome::BadRequest);
                         return refusal(
                             StatusCode::BAD_REQUEST,
                             "http_request_error",
@@ -1214,7 +1333,7 @@ impl EgressProxy {
                 audit.record.bytes_out = sent.load(std::sync::atomic::Ordering::Relaxed) as i64;
                 return match refused {
                     Some(details) => {
-                        audit.finish(StatusCode::FORBIDDEN, "denied_address");
+                        audit.finish(StatusCode::FORBIDDEN, Outcome::DeniedAddress);
                         refusal(StatusCode::FORBIDDEN, "destination_ip_prohibited", &details)
                     }
                     None => upstream_failed(audit, host, &*err),
@@ -1261,7 +1380,7 @@ impl EgressProxy {
                 received
             };
             audit.record.bytes_out = sent.load(std::sync::atomic::Ordering::Relaxed) as i64;
-            audit.finish(parts.status, "ok");
+            audit.finish(parts.status, Outcome::Ok);
             parts
                 .headers
                 .insert(http::header::CONTENT_LENGTH, HeaderValue::from(clean.len()));
@@ -1388,7 +1507,7 @@ fn upstream_failed(
     err: &(dyn std::error::Error + 'static),
 ) -> Response<ProxyBody> {
     let details = format!("{host}: {}", error_chain(err));
-    audit.finish(StatusCode::BAD_GATEWAY, "upstream_error");
+    audit.finish(StatusCode::BAD_GATEWAY, Outcome::UpstreamError);
     refusal(StatusCode::BAD_GATEWAY, "destination_unavailable", &details)
 }
 
@@ -1484,7 +1603,7 @@ struct Scrubbed {
 }
 
 impl Scrubbed {
-    fn record(&mut self, outcome: &'static str) {
+    fn record(&mut self, outcome: Outcome) {
         if let Some(mut audit) = self.audit.take() {
             audit.record.bytes_in = self.received as i64;
             audit.record.bytes_out = self.sent.load(std::sync::atomic::Ordering::Relaxed) as i64;
@@ -1496,7 +1615,7 @@ impl Scrubbed {
 
 impl Drop for Scrubbed {
     fn drop(&mut self) {
-        self.record("incomplete");
+        self.record(Outcome::Incomplete);
     }
 }
 
@@ -1515,7 +1634,7 @@ impl Body for Scrubbed {
             match Pin::new(&mut self.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Err(err))) => {
-                    self.record("upstream_error");
+                    self.record(Outcome::UpstreamError);
                     return Poll::Ready(Some(Err(err)));
                 }
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
@@ -1530,7 +1649,7 @@ impl Body for Scrubbed {
                 },
                 Poll::Ready(None) => {
                     self.finished = true;
-                    self.record("ok");
+                    self.record(Outcome::Ok);
                     let rest = self.scrubber.finish();
                     if !rest.is_empty() {
                         return Poll::Ready(Some(Ok(Frame::data(Bytes::from(rest)))));

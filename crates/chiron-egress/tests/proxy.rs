@@ -536,6 +536,7 @@ async fn a_tunnel_keeps_one_upstream_connection_and_hands_it_to_the_next_tunnel(
 
 #[tokio::test]
 async fn hosts_open_only_on_declared_ports_secrets_follow_ports_and_upgrades_are_refused() {
+    use chiron_egress::proxy::Outcome;
     use chiron_store::grants::GrantSubject;
     use chiron_tools::{EgressHost, Injection, SecretInjection};
 
@@ -629,6 +630,20 @@ async fn hosts_open_only_on_declared_ports_secrets_follow_ports_and_upgrades_are
     assert!(rows
         .iter()
         .any(|r| r.outcome == "unsupported" && r.path == "/socket"));
+    // Every finished request is counted by outcome.
+    let counts = proxy.counts();
+    let count = |outcome: Outcome| {
+        counts
+            .by_outcome
+            .iter()
+            .find(|(o, _)| *o == outcome)
+            .map(|(_, n)| *n)
+    };
+    assert_eq!(count(Outcome::Ok), Some(3));
+    assert_eq!(count(Outcome::DeniedHost), Some(1));
+    assert_eq!(count(Outcome::Unsupported), Some(1));
+    assert_eq!(counts.by_outcome.iter().map(|(_, n)| n).sum::<u64>(), 5);
+    assert!(counts.bytes_in > 0);
     // Rows name a port that is not the standard one.
     let to_8443: Vec<_> = rows
         .iter()

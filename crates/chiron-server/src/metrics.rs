@@ -31,6 +31,11 @@ struct RouteLabels {
     route: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
 /// The app's metric families and their registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -44,6 +49,9 @@ pub struct Metrics {
     runner_crashes: Gauge,
     runner_reaps: Gauge,
     runner_call_duration: Histogram,
+    egress_requests: Family<OutcomeLabels, Gauge>,
+    egress_bytes_out: Gauge,
+    egress_bytes_in: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -104,6 +112,22 @@ impl Metrics {
             "runner_reaps",
             "Runners stopped for idleness or to make room",
         );
+        let egress_requests = Family::<OutcomeLabels, Gauge>::default();
+        registry.register(
+            "egress_requests",
+            "Egress proxy requests since the gateway started, by outcome",
+            egress_requests.clone(),
+        );
+        let egress_bytes_out = gauge(
+            &mut registry,
+            "egress_bytes_out",
+            "Request body bytes the egress proxy sent upstream",
+        );
+        let egress_bytes_in = gauge(
+            &mut registry,
+            "egress_bytes_in",
+            "Response body bytes the egress proxy received from upstream",
+        );
         let runner_call_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         registry.register(
             "runner_call_duration_seconds",
@@ -121,7 +145,24 @@ impl Metrics {
             runner_starts,
             runner_crashes,
             runner_reaps,
+            egress_requests,
+            egress_bytes_out,
+            egress_bytes_in,
         }
+    }
+
+    /// Copies the egress proxy's counts into the gauges (done at scrape time).
+    pub fn observe_egress(&self, proxy: &chiron_egress::EgressProxy) {
+        let counts = proxy.counts();
+        for (outcome, count) in counts.by_outcome {
+            self.egress_requests
+                .get_or_create(&OutcomeLabels {
+                    outcome: outcome.as_str(),
+                })
+                .set(count as i64);
+        }
+        self.egress_bytes_out.set(counts.bytes_out as i64);
+        self.egress_bytes_in.set(counts.bytes_in as i64);
     }
 
     /// Copies the runner pool's state into the gauges (done at scrape time).
@@ -197,6 +238,9 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
 pub async fn handler(State(state): State<AppState>) -> impl IntoResponse {
     if let Some(pool) = &state.runners {
         state.metrics.observe_runners(pool);
+    }
+    if let Some(proxy) = &state.egress {
+        state.metrics.observe_egress(proxy);
     }
     (
         [(

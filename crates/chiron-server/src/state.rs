@@ -30,6 +30,8 @@ pub struct AppState {
     pub runners: Option<Arc<chiron_runner::RunnerPool>>,
     /// The Slack bot's routes (Events API transport), served under `/slack`.
     pub slack: Option<axum::Router>,
+    /// The egress proxy, when this server runs one (its counts are metrics).
+    pub egress: Option<chiron_egress::EgressProxy>,
     /// The secret store the egress proxy reads, opened on first use when no proxy runs.
     secrets: Arc<OnceLock<Arc<Secrets>>>,
     /// Cancelled when the server shuts down: ends MCP sessions and their streams so draining
@@ -49,6 +51,12 @@ impl AppState {
     /// The same state with the runner pool that serves its catalog's tools.
     pub fn with_runners(mut self, runners: Arc<chiron_runner::RunnerPool>) -> Self {
         self.runners = Some(runners);
+        self
+    }
+
+    /// The same state reporting `proxy`'s counts as metrics.
+    pub fn with_egress(mut self, proxy: chiron_egress::EgressProxy) -> Self {
+        self.egress = Some(proxy);
         self
     }
 
@@ -95,6 +103,7 @@ impl AppState {
             catalog,
             runners: None,
             slack: None,
+            egress: None,
             secrets: Arc::default(),
             shutdown,
         }

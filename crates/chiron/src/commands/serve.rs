@@ -175,6 +175,9 @@ pub async fn run(mut config: Config, demo: bool) -> anyhow::Result<ExitCode> {
     if let Some(secrets) = secrets {
         state = state.with_secrets(secrets);
     }
+    if let Some(egress) = &egress {
+        state = state.with_egress((*egress.proxy).clone());
+    }
     let reaper = state.mcp.spawn_reaper(background.clone());
     // Stops idle runners while serving and every runner at shutdown.
     let runners = tools.pool.spawn_reaper(background.clone());

@@ -9,7 +9,7 @@ use std::process::Stdio;
 
 use serde_json::{json, Value};
 
-use crate::mcp_sdk::{bearer, probe, shipped_tools};
+use crate::mcp_sdk::{bearer, http_get, probe, shipped_tools};
 use crate::support::Chiron;
 use crate::upstream::{self, Upstream};
 
@@ -435,6 +435,24 @@ print(t.recv(4096).decode().splitlines()[0])
         &urllib_get("https://api.github.com/deleted", "{}"),
     );
     assert_eq!(upstream.seen_at("/deleted")[0].authorization, None);
+
+    // The proxy's counts are metrics.
+    let metrics = http_get(&format!("{}/metrics", chiron.base()));
+    let counted = |outcome: &str| -> u64 {
+        let line = format!("chiron_egress_requests{{outcome=\"{outcome}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .unwrap_or_else(|| panic!("no {line}in {metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(counted("ok") >= 8, "{metrics}");
+    assert!(
+        counted("denied_host") >= 1 && counted("mismatch") >= 2,
+        "{metrics}"
+    );
+    assert_eq!(counted("secrets_unavailable"), 0, "{metrics}");
 
     let (code, logs) = server.terminate();
     assert_eq!(code, Some(0));

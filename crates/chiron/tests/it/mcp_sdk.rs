@@ -491,7 +491,7 @@ fn no_runner_survives_a_killed_gateway() {
 }
 
 /// A plain GET from synchronous test code.
-fn http_get(url: &str) -> String {
+pub fn http_get(url: &str) -> String {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async { reqwest::get(url).await.unwrap().text().await.unwrap() })
 }
