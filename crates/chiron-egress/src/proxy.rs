@@ -546,6 +546,16 @@ impl EgressProxy {
 
     /// Replaces what packages may reach (after loading or reloading tool packages).
     pub fn set_packages(&self, packages: PackageHosts) {
+        let mut basic: HashMap<String, Vec<String>> = HashMap::new();
+        for secret in packages.values().flatten().flat_map(|host| &host.secrets) {
+            if let Injection::Basic { username } = &secret.injection {
+                let users = basic.entry(secret.name.clone()).or_default();
+                if !users.contains(username) {
+                    users.push(username.clone());
+                }
+            }
+        }
+        self.inner.secrets.set_basic_usernames(basic);
         *self
             .inner
             .packages
@@ -1437,13 +1447,18 @@ fn inject(
         replaced_headers.push((name.clone(), text));
     }
     for (name, text) in replaced_headers {
-        let value = HeaderValue::from_str(&text).map_err(|_| "bad header value".to_owned())?;
+        let mut value = HeaderValue::from_str(&text).map_err(|_| "bad header value".to_owned())?;
+        value.set_sensitive(true);
         parts.headers.insert(name, value);
     }
-    if let Some(query) = parts.uri.query() {
-        let wanted = placeholders(query);
+    if let Some(query) = parts.uri.query().filter(|q| q.contains("chiron-secret")) {
+        // Clients that encode query values write the placeholder's colon as %3A.
+        let query = query
+            .replace("chiron-secret%3A", "chiron-secret:")
+            .replace("chiron-secret%3a", "chiron-secret:");
+        let wanted = placeholders(&query);
         if !wanted.is_empty() {
-            let mut query = query.to_owned();
+            let mut query = query;
             for secret in wanted {
                 let value = values
                     .get(&secret)

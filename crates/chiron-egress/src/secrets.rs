@@ -154,6 +154,9 @@ pub struct Secrets {
     key_stamp: std::sync::Mutex<Option<KeyStamp>>,
     opened: std::sync::Mutex<HashMap<PrincipalId, Opened>>,
     freshness: Freshness,
+    /// The usernames each secret is sent with as HTTP Basic (from the loaded manifests):
+    /// `user:value` is encoded whole on the wire, so the scrubber must know that form too.
+    basic_users: RwLock<Arc<HashMap<String, Vec<String>>>>,
 }
 
 impl Secrets {
@@ -172,6 +175,7 @@ impl Secrets {
             key_stamp,
             opened: std::sync::Mutex::default(),
             freshness: Freshness::default(),
+            basic_users: RwLock::default(),
         }
     }
 
@@ -202,6 +206,7 @@ impl Secrets {
             key_stamp: std::sync::Mutex::default(),
             opened: std::sync::Mutex::default(),
             freshness: Freshness::default(),
+            basic_users: RwLock::default(),
         }
     }
 
@@ -326,9 +331,7 @@ impl Secrets {
             return Ok((opened.values.clone(), opened.patterns.clone()));
         }
         let values = Arc::new(Self::open_all(&keys, &sealed)?);
-        let patterns = Arc::new(crate::scrub::Patterns::new(
-            values.values().map(|v| v.as_str()),
-        ));
+        let patterns = Arc::new(self.patterns_for(&values));
         self.opened
             .lock()
             .expect("invariant: opened-values lock")
@@ -342,6 +345,46 @@ impl Secrets {
                 },
             );
         Ok((values, patterns))
+    }
+
+    /// Tells the store which usernames each secret is sent with as HTTP Basic, so that the
+    /// scrubbing patterns cover `user:value` in every encoding (a Basic header echoed back is
+    /// base64 of the pair, not of the value). Values opened before are opened again.
+    pub fn set_basic_usernames(&self, users: HashMap<String, Vec<String>>) {
+        *self
+            .basic_users
+            .write()
+            .expect("invariant: basic users lock is never poisoned") = Arc::new(users);
+        self.opened
+            .lock()
+            .expect("invariant: opened-values lock")
+            .clear();
+    }
+
+    /// The scrubbing patterns of `values`: each value, and each `user:value` pair it is sent
+    /// as with HTTP Basic, in every encoding.
+    fn patterns_for(&self, values: &Values) -> crate::scrub::Patterns {
+        let users = self
+            .basic_users
+            .read()
+            .expect("invariant: basic users lock is never poisoned")
+            .clone();
+        let pairs: Vec<Zeroizing<String>> = values
+            .iter()
+            .flat_map(|(name, value)| {
+                users
+                    .get(name)
+                    .into_iter()
+                    .flatten()
+                    .map(move |user| Zeroizing::new(format!("{user}:{}", value.as_str())))
+            })
+            .collect();
+        crate::scrub::Patterns::new(
+            values
+                .values()
+                .map(|v| v.as_str())
+                .chain(pairs.iter().map(|p| p.as_str())),
+        )
     }
 
     /// The scrubbing patterns of the values last opened for `principal` in this process,

@@ -290,15 +290,19 @@ async fn a_credential_is_refused_on_another_runners_listener() {
         .any(|r| r.outcome == "unauthenticated" && r.runner_id == "runner-b"));
 }
 
+/// What a test upstream received: each request's `Authorization` and query.
+type Seen = Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
 /// A local HTTPS upstream for `host` with a CA of its own: answers every request with the
 /// `Authorization` it received, and closes the connection after answering `/close`. Counts
-/// the TCP connections it accepts.
+/// the TCP connections it accepts, and keeps what it received.
 async fn counting_upstream(
     host: &str,
 ) -> (
     std::net::SocketAddr,
     String,
     Arc<std::sync::atomic::AtomicUsize>,
+    Seen,
 ) {
     let (config, ca_pem) = chiron_egress::testing::upstream_tls(&[host]);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
@@ -306,21 +310,25 @@ async fn counting_upstream(
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = accepted.clone();
+    let received = Seen::default();
+    let log = received.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let acceptor = acceptor.clone();
+            let (acceptor, log) = (acceptor.clone(), log.clone());
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(stream).await else {
                     return;
                 };
-                let service =
-                    hyper::service::service_fn(|request: hyper::Request<hyper::body::Incoming>| {
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
                         let seen = request
                             .headers()
                             .get("authorization")
                             .map(|v| v.to_str().unwrap().to_owned())
                             .unwrap_or_default();
+                        let query = request.uri().query().unwrap_or_default().to_owned();
+                        log.lock().unwrap().push((seen.clone(), query));
                         let mut response = hyper::Response::new(http_body_util::Full::new(
                             bytes::Bytes::from(seen),
                         ));
@@ -330,14 +338,15 @@ async fn counting_upstream(
                                 .insert("connection", "close".parse().unwrap());
                         }
                         async { Ok::<_, std::convert::Infallible>(response) }
-                    });
+                    },
+                );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
                     .await;
             });
         }
     });
-    (addr, ca_pem, accepted)
+    (addr, ca_pem, accepted, received)
 }
 
 /// Serves a new runner of `principal` on its own listener; returns the credential guard of
@@ -388,13 +397,15 @@ struct Fixture {
     _ca_dir: tempfile::TempDir,
     ca: Arc<CertificateAuthority>,
     proxy: EgressProxy,
+    secrets: Arc<Secrets>,
     alice: chiron_core::Principal,
     accepted: Arc<std::sync::atomic::AtomicUsize>,
+    seen: Seen,
 }
 
 async fn fixture(host: &str, package: &str, secret: &str, value: &str) -> Fixture {
     use chiron_store::grants::GrantSubject;
-    let (upstream, upstream_ca, accepted) = counting_upstream(host).await;
+    let (upstream, upstream_ca, accepted, seen) = counting_upstream(host).await;
     let (db, db_guard) = store(Backend::Sqlite).await;
     let (ca_dir, ca, secrets) = proxy_parts(&db);
     let alice = db.create_principal("alice").await.unwrap();
@@ -411,15 +422,17 @@ async fn fixture(host: &str, package: &str, secret: &str, value: &str) -> Fixtur
         .await
         .unwrap();
     let settings = support::local_upstream_settings(host, upstream, &upstream_ca);
-    let proxy = EgressProxy::new(db.clone(), secrets, ca.clone(), settings).unwrap();
+    let proxy = EgressProxy::new(db.clone(), secrets.clone(), ca.clone(), settings).unwrap();
     Fixture {
         db,
         _db_guard: db_guard,
         _ca_dir: ca_dir,
         ca,
         proxy,
+        secrets,
         alice,
         accepted,
+        seen,
     }
 }
 
@@ -438,6 +451,7 @@ async fn a_tunnel_keeps_one_upstream_connection_and_hands_it_to_the_next_tunnel(
         accepted,
         _db_guard,
         _ca_dir,
+        ..
     } = fixture(HOST, "reuse", "REUSE_TOKEN", "reuse-secret").await;
     let mut hosts = chiron_egress::proxy::PackageHosts::new();
     hosts.insert(
@@ -656,4 +670,97 @@ async fn hosts_open_only_on_declared_ports_secrets_follow_ports_and_upgrades_are
         .filter(|r| r.host != "api.ports.test:8443")
         .all(|r| r.host == HOST));
     drop(std_guard);
+}
+
+#[tokio::test]
+async fn basic_and_query_placeholder_values_reach_the_upstream_and_never_come_back() {
+    use chiron_tools::{EgressHost, Injection, SecretInjection};
+
+    const HOST: &str = "api.creds.test";
+    const VALUE: &str = "creds-secret-value";
+    const KEY: &str = "query-key-value/+=";
+    let Fixture {
+        db,
+        ca,
+        proxy,
+        secrets,
+        alice,
+        seen,
+        _db_guard,
+        _ca_dir,
+        ..
+    } = fixture(HOST, "creds", "CREDS_TOKEN", VALUE).await;
+    secrets
+        .set(
+            "CREDS_KEY",
+            SecretOwner::Principal(alice.id),
+            KEY,
+            Actor::cli(),
+        )
+        .await
+        .unwrap();
+    let mut hosts = chiron_egress::proxy::PackageHosts::new();
+    hosts.insert(
+        "creds".into(),
+        vec![EgressHost {
+            host: HOST.into(),
+            ports: vec![],
+            path_prefix: "/".into(),
+            secrets: vec![
+                SecretInjection {
+                    name: "CREDS_TOKEN".into(),
+                    injection: Injection::Basic {
+                        username: "bot".into(),
+                    },
+                },
+                SecretInjection {
+                    name: "CREDS_KEY".into(),
+                    injection: Injection::Placeholder,
+                },
+            ],
+        }],
+    );
+    proxy.set_packages(hosts);
+    let stop = CancellationToken::new();
+    let (guard, url) = package_runner(&proxy, PrincipalId(alice.id.0), "creds", &stop).await;
+    let client = proxied(&ca, &url, true);
+
+    // The placeholder as a client that encodes query values sends it (colon as %3A), and as
+    // written.
+    for query in [
+        "key=chiron-secret%3ACREDS_KEY",
+        "key=chiron-secret:CREDS_KEY",
+    ] {
+        let answer = client
+            .get(format!("https://{HOST}/items?{query}"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        // The upstream echoes the Basic header it got: the tool sees neither the value nor
+        // the base64 of `bot:value`.
+        assert_eq!(answer, "Basic [redacted by chiron]");
+    }
+    let pair = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("bot:{VALUE}"),
+    );
+    let encoded_key: String = url::form_urlencoded::byte_serialize(KEY.as_bytes()).collect();
+    let received = seen.lock().unwrap().clone();
+    assert_eq!(received.len(), 2);
+    for (authorization, query) in received {
+        assert_eq!(authorization, format!("Basic {pair}"));
+        assert_eq!(query, format!("key={encoded_key}"));
+    }
+    stop.cancel();
+    proxy.flush_audit().await;
+    let rows = db.egress_requests(None, 10).await.unwrap();
+    assert!(
+        rows.iter()
+            .all(|r| r.injected == ["CREDS_KEY", "CREDS_TOKEN"]),
+        "{rows:?}"
+    );
+    drop(guard);
 }
