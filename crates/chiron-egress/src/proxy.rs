@@ -1283,6 +1283,13 @@ impl EgressProxy {
             }
         }
 
+        // The proxy must read what it scrubs: upstreams may compress with gzip, which it
+        // decodes, and nothing else (a tool asking for br or zstd gets the body plain).
+        parts.headers.insert(
+            http::header::ACCEPT_ENCODING,
+            HeaderValue::from_static("gzip"),
+        );
+
         parts.version = http::Version::HTTP_11;
         match via {
             // The pool routes by an absolute URI and writes `Host` from it.
@@ -1364,6 +1371,31 @@ impl EgressProxy {
             }
         }
         audit.record.status = i64::from(parts.status.as_u16());
+        let has_body = !is_head && !matches!(parts.status.as_u16(), 100..=199 | 204 | 304);
+        let encoding = parts
+            .headers
+            .get(http::header::CONTENT_ENCODING)
+            .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+        let gunzip = match encoding.as_deref() {
+            None | Some("" | "identity") => false,
+            Some("gzip" | "x-gzip") => {
+                parts.headers.remove(http::header::CONTENT_ENCODING);
+                has_body
+            }
+            // Not asked for, and not readable here: with values to hide, not passed on.
+            Some(other) if !patterns.is_empty() => {
+                audit.record.bytes_out = sent.load(std::sync::atomic::Ordering::Relaxed) as i64;
+                audit.finish(StatusCode::BAD_GATEWAY, Outcome::UpstreamError);
+                return refusal(
+                    StatusCode::BAD_GATEWAY,
+                    "http_response_content_coding_error",
+                    &format!(
+                        "{host} answered with content-encoding {other}, which chiron cannot scrub"
+                    ),
+                );
+            }
+            Some(_) => false,
+        };
         // Lengths change when values are replaced: the body is delimited anew. A small body of
         // known length is read whole, scrubbed and sent with its new length in one piece (one
         // write to the tool instead of a chunked stream); anything else streams.
@@ -1373,8 +1405,8 @@ impl EgressProxy {
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
             .filter(|len| *len <= WHOLE_BODY_LIMIT)
             .is_some()
-            && !is_head
-            && !matches!(parts.status.as_u16(), 100..=199 | 204 | 304);
+            && has_body
+            && !gunzip;
         if whole {
             let received = match body.collect().await {
                 Ok(collected) => collected.to_bytes(),
@@ -1401,6 +1433,7 @@ impl EgressProxy {
         }
         let body = Scrubbed {
             inner: body,
+            gunzip: gunzip.then(|| flate2::write::GzDecoder::new(Vec::new())),
             scrubber: StreamScrubber::new((*patterns).clone()),
             finished: false,
             received: 0,
@@ -1610,6 +1643,8 @@ impl Body for Counted {
 /// A response body with secrets scrubbed as it streams; records the audit row at its end.
 struct Scrubbed {
     inner: Incoming,
+    /// Decodes a gzip body (fed as it arrives) before it is scrubbed.
+    gunzip: Option<flate2::write::GzDecoder<Vec<u8>>>,
     scrubber: StreamScrubber,
     finished: bool,
     received: u64,
@@ -1625,6 +1660,16 @@ impl Scrubbed {
             let status = StatusCode::from_u16(audit.record.status as u16).unwrap_or(StatusCode::OK);
             audit.finish(status, outcome);
         }
+    }
+}
+
+impl Scrubbed {
+    /// A gzip body that does not decode: the tool's answer ends here (what was decoded so far
+    /// went out scrubbed), audited as an upstream error.
+    fn corrupt(mut self: Pin<&mut Self>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        self.finished = true;
+        self.record(Outcome::UpstreamError);
+        Poll::Ready(None)
     }
 }
 
@@ -1654,8 +1699,15 @@ impl Body for Scrubbed {
                 }
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
-                        self.received += data.len() as u64;
-                        let clean = self.scrubber.push(&data);
+                        let this = &mut *self;
+                        this.received += data.len() as u64;
+                        let clean = match &mut this.gunzip {
+                            None => this.scrubber.push(&data),
+                            Some(decoder) => match std::io::Write::write_all(decoder, &data) {
+                                Ok(()) => this.scrubber.push(&std::mem::take(decoder.get_mut())),
+                                Err(_) => return self.corrupt(),
+                            },
+                        };
                         if !clean.is_empty() {
                             return Poll::Ready(Some(Ok(Frame::data(Bytes::from(clean)))));
                         }
@@ -1663,9 +1715,17 @@ impl Body for Scrubbed {
                     Err(frame) => return Poll::Ready(Some(Ok(frame))),
                 },
                 Poll::Ready(None) => {
-                    self.finished = true;
-                    self.record(Outcome::Ok);
-                    let rest = self.scrubber.finish();
+                    let this = &mut *self;
+                    let mut rest = Vec::new();
+                    if let Some(decoder) = &mut this.gunzip {
+                        if decoder.try_finish().is_err() {
+                            return self.corrupt();
+                        }
+                        rest = this.scrubber.push(&std::mem::take(decoder.get_mut()));
+                    }
+                    rest.extend(this.scrubber.finish());
+                    this.finished = true;
+                    this.record(Outcome::Ok);
                     if !rest.is_empty() {
                         return Poll::Ready(Some(Ok(Frame::data(Bytes::from(rest)))));
                     }

@@ -329,9 +329,33 @@ async fn counting_upstream(
                             .unwrap_or_default();
                         let query = request.uri().query().unwrap_or_default().to_owned();
                         log.lock().unwrap().push((seen.clone(), query));
+                        let gzip_accepted = request
+                            .headers()
+                            .get("accept-encoding")
+                            .is_some_and(|v| v.to_str().unwrap().contains("gzip"));
+                        let (body, encoding) = match request.uri().path() {
+                            // Compressed when the client allows it (repeated so that it
+                            // spans several frames of the decoder's output).
+                            "/gzip" if gzip_accepted => {
+                                use std::io::Write;
+                                let mut encoder = flate2::write::GzEncoder::new(
+                                    Vec::new(),
+                                    flate2::Compression::default(),
+                                );
+                                encoder.write_all(seen.repeat(1000).as_bytes()).unwrap();
+                                (encoder.finish().unwrap(), Some("gzip"))
+                            }
+                            "/brotli" => (seen.clone().into_bytes(), Some("br")),
+                            _ => (seen.clone().into_bytes(), None),
+                        };
                         let mut response = hyper::Response::new(http_body_util::Full::new(
-                            bytes::Bytes::from(seen),
+                            bytes::Bytes::from(body),
                         ));
+                        if let Some(encoding) = encoding {
+                            response
+                                .headers_mut()
+                                .insert("content-encoding", encoding.parse().unwrap());
+                        }
                         if request.uri().path() == "/close" {
                             response
                                 .headers_mut()
@@ -673,7 +697,7 @@ async fn hosts_open_only_on_declared_ports_secrets_follow_ports_and_upgrades_are
 }
 
 #[tokio::test]
-async fn basic_and_query_placeholder_values_reach_the_upstream_and_never_come_back() {
+async fn basic_query_and_compressed_echoes_of_values_never_reach_the_tool() {
     use chiron_tools::{EgressHost, Injection, SecretInjection};
 
     const HOST: &str = "api.creds.test";
@@ -743,24 +767,58 @@ async fn basic_and_query_placeholder_values_reach_the_upstream_and_never_come_ba
         // the base64 of `bot:value`.
         assert_eq!(answer, "Basic [redacted by chiron]");
     }
+    // A tool that asks for compression cannot slip the echo past the scrubber: the proxy
+    // asks the upstream for gzip only, decodes it, and sends the body scrubbed and plain.
+    for accept in ["gzip", "br"] {
+        let response = client
+            .get(format!("https://{HOST}/gzip"))
+            .header("accept-encoding", accept)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers().get("content-encoding"), None);
+        let body = response.text().await.unwrap();
+        assert_eq!(body, "Basic [redacted by chiron]".repeat(1000));
+    }
+    // An encoding the proxy cannot read is not passed on to a principal with secrets.
+    let refused = client
+        .get(format!("https://{HOST}/brotli"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 502);
+    assert!(refused
+        .text()
+        .await
+        .unwrap()
+        .contains("content-encoding br"));
     let pair = base64::Engine::encode(
         &base64::engine::general_purpose::STANDARD,
         format!("bot:{VALUE}"),
     );
     let encoded_key: String = url::form_urlencoded::byte_serialize(KEY.as_bytes()).collect();
     let received = seen.lock().unwrap().clone();
-    assert_eq!(received.len(), 2);
-    for (authorization, query) in received {
-        assert_eq!(authorization, format!("Basic {pair}"));
-        assert_eq!(query, format!("key={encoded_key}"));
-    }
+    assert_eq!(received.len(), 5);
+    assert!(received
+        .iter()
+        .all(|(authorization, _)| *authorization == format!("Basic {pair}")));
+    let queries: Vec<&str> = received.iter().map(|(_, q)| q.as_str()).collect();
+    let key = format!("key={encoded_key}");
+    assert_eq!(queries, [key.as_str(), key.as_str(), "", "", ""]);
     stop.cancel();
     proxy.flush_audit().await;
     let rows = db.egress_requests(None, 10).await.unwrap();
-    assert!(
-        rows.iter()
-            .all(|r| r.injected == ["CREDS_KEY", "CREDS_TOKEN"]),
-        "{rows:?}"
+    for row in &rows {
+        let expected: &[&str] = match row.path.as_str() {
+            "/items" => &["CREDS_KEY", "CREDS_TOKEN"],
+            _ => &["CREDS_TOKEN"],
+        };
+        assert_eq!(row.injected, expected, "{row:?}");
+    }
+    assert_eq!(
+        rows.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>(),
+        ["upstream_error", "ok", "ok", "ok", "ok"],
+        "newest first"
     );
     drop(guard);
 }
