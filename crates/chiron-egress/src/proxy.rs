@@ -45,7 +45,7 @@ use chiron_store::Store;
 use chiron_tools::{EgressHost, Injection};
 
 use crate::ca::CertificateAuthority;
-use crate::scrub::StreamScrubber;
+use crate::scrub::{Patterns, StreamScrubber};
 use crate::secrets::{Secrets, Values};
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -1360,16 +1360,7 @@ impl EgressProxy {
 
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        if !patterns.is_empty() {
-            for value in parts.headers.values_mut() {
-                if patterns.found_in(value.as_bytes()) {
-                    let scrubbed = patterns.scrub(value.as_bytes());
-                    if let Ok(clean) = HeaderValue::from_bytes(&scrubbed) {
-                        *value = clean;
-                    }
-                }
-            }
-        }
+        scrub_headers(&mut parts.headers, &patterns);
         audit.record.status = i64::from(parts.status.as_u16());
         let has_body = !is_head && !matches!(parts.status.as_u16(), 100..=199 | 204 | 304);
         let encoding = parts
@@ -1441,6 +1432,20 @@ impl EgressProxy {
             audit: Some(audit),
         };
         Response::from_parts(parts, body.boxed())
+    }
+}
+
+/// Replaces secret values in header (or trailer) values.
+fn scrub_headers(headers: &mut http::HeaderMap, patterns: &Patterns) {
+    if patterns.is_empty() {
+        return;
+    }
+    for value in headers.values_mut() {
+        if patterns.found_in(value.as_bytes()) {
+            let scrubbed = patterns.scrub(value.as_bytes());
+            *value = HeaderValue::from_bytes(&scrubbed)
+                .unwrap_or_else(|_| HeaderValue::from_static("[redacted by chiron]"));
+        }
     }
 }
 
@@ -1641,8 +1646,8 @@ impl Body for Counted {
 }
 
 /// A response body with secrets scrubbed as it streams; records the audit row at its end.
-struct Scrubbed {
-    inner: Incoming,
+struct Scrubbed<B = Incoming> {
+    inner: B,
     /// Decodes a gzip body (fed as it arrives) before it is scrubbed.
     gunzip: Option<flate2::write::GzDecoder<Vec<u8>>>,
     scrubber: StreamScrubber,
@@ -1652,7 +1657,7 @@ struct Scrubbed {
     audit: Option<Audit>,
 }
 
-impl Scrubbed {
+impl<B> Scrubbed<B> {
     fn record(&mut self, outcome: Outcome) {
         if let Some(mut audit) = self.audit.take() {
             audit.record.bytes_in = self.received as i64;
@@ -1663,7 +1668,7 @@ impl Scrubbed {
     }
 }
 
-impl Scrubbed {
+impl<B: Unpin> Scrubbed<B> {
     /// A gzip body that does not decode: the tool's answer ends here (what was decoded so far
     /// went out scrubbed), audited as an upstream error.
     fn corrupt(mut self: Pin<&mut Self>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
@@ -1673,13 +1678,13 @@ impl Scrubbed {
     }
 }
 
-impl Drop for Scrubbed {
+impl<B> Drop for Scrubbed<B> {
     fn drop(&mut self) {
         self.record(Outcome::Incomplete);
     }
 }
 
-impl Body for Scrubbed {
+impl<B: Body<Data = Bytes, Error = hyper::Error> + Unpin> Body for Scrubbed<B> {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -1712,7 +1717,14 @@ impl Body for Scrubbed {
                             return Poll::Ready(Some(Ok(Frame::data(Bytes::from(clean)))));
                         }
                     }
-                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                    // Trailers are headers too: scrubbed the same way.
+                    Err(frame) => match frame.into_trailers() {
+                        Ok(mut trailers) => {
+                            scrub_headers(&mut trailers, self.scrubber.patterns());
+                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                        }
+                        Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                    },
                 },
                 Poll::Ready(None) => {
                     let this = &mut *self;
@@ -1749,6 +1761,73 @@ pub fn package_hosts<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body that yields the given frames.
+    struct Frames(std::collections::VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = hyper::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    const SECRET: &str = "trailer-secret-value";
+
+    fn scrubbed(frames: Vec<Frame<Bytes>>, gzip: bool) -> Scrubbed<Frames> {
+        Scrubbed {
+            inner: Frames(frames.into()),
+            gunzip: gzip.then(|| flate2::write::GzDecoder::new(Vec::new())),
+            scrubber: StreamScrubber::new(Patterns::new([SECRET])),
+            finished: false,
+            received: 0,
+            sent: Arc::default(),
+            audit: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn streamed_bodies_are_scrubbed_across_frames_in_trailers_and_through_gzip() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-echo", HeaderValue::from_static(SECRET));
+        let body = scrubbed(
+            vec![
+                Frame::data(Bytes::from("abc trailer-sec")),
+                Frame::data(Bytes::from("ret-value xyz")),
+                Frame::trailers(trailers),
+            ],
+            false,
+        );
+        let collected = body.collect().await.unwrap();
+        assert_eq!(
+            collected.trailers().unwrap()["x-echo"],
+            "[redacted by chiron]"
+        );
+        assert_eq!(collected.to_bytes(), "abc [redacted by chiron] xyz");
+
+        // gzip, split mid-stream: decoded, then scrubbed.
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut encoder, format!("[{SECRET}]").repeat(50).as_bytes())
+            .unwrap();
+        let gzipped = encoder.finish().unwrap();
+        let (a, b) = gzipped.split_at(gzipped.len() / 2);
+        let frames = vec![
+            Frame::data(Bytes::copy_from_slice(a)),
+            Frame::data(Bytes::copy_from_slice(b)),
+        ];
+        let plain = scrubbed(frames, true).collect().await.unwrap().to_bytes();
+        assert_eq!(plain, "[[redacted by chiron]]".repeat(50));
+
+        // Not gzip after all: the body ends, and nothing of the value got out.
+        let frames = vec![Frame::data(Bytes::from(format!("not gzip {SECRET}")))];
+        let cut = scrubbed(frames, true).collect().await.unwrap().to_bytes();
+        assert!(!cut.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()));
+    }
 
     #[test]
     fn internal_addresses_are_recognised() {

@@ -118,6 +118,11 @@ impl StreamScrubber {
         }
     }
 
+    /// The patterns it replaces.
+    pub fn patterns(&self) -> &Patterns {
+        &self.patterns
+    }
+
     /// Takes the next chunk; returns what can safely be passed on.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
         let Some(matcher) = &self.patterns.matcher else {
