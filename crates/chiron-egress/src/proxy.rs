@@ -254,9 +254,10 @@ type Sender = hyper::client::conn::http1::SendRequest<ProxyBody>;
 /// Upstream connections of intercepted HTTP/1.1 tunnels. A tunnel's requests come one after
 /// another, so the tunnel keeps one upstream connection for all of them (no pool checkout per
 /// request, see [`TunnelUpstream`]); when the tunnel ends, its connection waits here for the
-/// same principal's next tunnel to the same `host:port`, so a tool that opens a tunnel per
-/// request (curl, `urllib`) still reuses one upstream TLS session. Principals never share a
-/// connection: a server may tie state to one (connection-bound authentication).
+/// same principal's and package's next tunnel to the same `host:port`, so a tool that opens a
+/// tunnel per request (curl, `urllib`) still reuses one upstream TLS session. Neither
+/// principals nor packages share a connection: a server may tie state to one
+/// (connection-bound authentication), which must not carry one package's secret to another.
 struct Upstreams {
     /// Dial policy, then TLS offering only HTTP/1.1.
     connector: hyper_rustls::HttpsConnector<Dialer>,
@@ -334,11 +335,12 @@ struct TunnelUpstream {
 }
 
 impl TunnelUpstream {
-    /// Where its connection waits between tunnels: the principal's, for `host:port`.
+    /// Where its connection waits between tunnels: the principal's and package's, for
+    /// `host:port`.
     fn idle_key(&self) -> String {
         format!(
-            "{}/{}:{}",
-            self.caller.runner.principal, self.host, self.port
+            "{}/{}/{}:{}",
+            self.caller.runner.principal, self.caller.process.package, self.host, self.port
         )
     }
 
@@ -391,21 +393,23 @@ impl Drop for TunnelUpstream {
 type PoolClient = Client<hyper_rustls::HttpsConnector<Dialer>, ProxyBody>;
 
 /// Pooled upstream connections for plain HTTP and HTTP/2 tunnels (which multiplex, so they
-/// cannot keep one connection per tunnel): hyper-util's pool, one per principal, so that, as
-/// with [`Upstreams`], principals never share a connection.
+/// cannot keep one connection per tunnel): hyper-util's pool, one per principal and package,
+/// so that, as with [`Upstreams`], neither share a connection.
 struct Pools {
     /// Dial policy, then TLS offering HTTP/2 and HTTP/1.1 (or plain HTTP).
     connector: hyper_rustls::HttpsConnector<Dialer>,
-    clients: Mutex<HashMap<PrincipalId, PoolClient>>,
+    clients: Mutex<HashMap<(PrincipalId, String), PoolClient>>,
 }
 
 impl Pools {
-    /// The principal's pool (a handle to it: clients are cheap to clone).
-    fn client(&self, principal: PrincipalId) -> PoolClient {
+    /// The pool of `caller`'s principal and package (a handle to it: clients are cheap to
+    /// clone).
+    fn client(&self, caller: &Caller) -> PoolClient {
+        let key = (caller.runner.principal, caller.process.package.clone());
         self.clients
             .lock()
             .expect("invariant: the pools lock is never poisoned")
-            .entry(principal)
+            .entry(key)
             .or_insert_with(|| {
                 Client::builder(TokioExecutor::new())
                     // Head and body in one buffer: over TLS each written slice becomes its
@@ -1337,7 +1341,7 @@ impl EgressProxy {
             Via::Pool => self
                 .inner
                 .pools
-                .client(caller.runner.principal)
+                .client(caller)
                 .request(request)
                 .await
                 .map_err(BoxError::from),

@@ -493,6 +493,19 @@ async fn a_tunnel_keeps_one_upstream_connection_and_hands_it_to_the_next_tunnel(
             }],
         }],
     );
+    // Another of alice's packages reaches the host without the secret.
+    hosts.insert(
+        "other".into(),
+        vec![EgressHost {
+            host: HOST.into(),
+            ports: vec![],
+            path_prefix: "/".into(),
+            secrets: vec![],
+        }],
+    );
+    db.add_grant("other", GrantSubject::Principal(alice.id), Actor::cli())
+        .await
+        .unwrap();
     proxy.set_packages(hosts);
     let stop = CancellationToken::new();
     let (guard, proxy_url) = package_runner(&proxy, PrincipalId(alice.id.0), "reuse", &stop).await;
@@ -533,8 +546,16 @@ async fn a_tunnel_keeps_one_upstream_connection_and_hands_it_to_the_next_tunnel(
     assert_eq!(get(client(), "/items").await, "Bearer [redacted by chiron]");
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 
-    // Another principal's tunnel to the same host never gets that connection (nor the value).
+    // Nor does the principal's tunnel from another package (the upstream may have tied the
+    // first package's authentication to the connection).
     idle.wait_for(|parked| *parked == 1).await.unwrap();
+    let (others_guard, others_url) =
+        package_runner(&proxy, PrincipalId(alice.id.0), "other", &stop).await;
+    assert_eq!(get(proxied(&ca, &others_url, true), "/items").await, "");
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+
+    // Another principal's tunnel to the same host never gets that connection (nor the value).
+    idle.wait_for(|parked| *parked >= 1).await.unwrap();
     let bob = db.create_principal("bob").await.unwrap();
     db.add_grant("reuse", GrantSubject::Principal(bob.id), Actor::cli())
         .await
@@ -543,13 +564,13 @@ async fn a_tunnel_keeps_one_upstream_connection_and_hands_it_to_the_next_tunnel(
         package_runner(&proxy, PrincipalId(bob.id.0), "reuse", &stop).await;
     let bobs_client = proxied(&ca, &bobs_url, true);
     assert_eq!(get(bobs_client, "/items").await, "");
-    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    assert_eq!(accepted.load(Ordering::SeqCst), 4);
 
     // Clients that speak HTTP/2 to the proxy are served too, over a pool of the principal's
     // own: bob's request does not reuse alice's connection.
     for (url, expected, connections) in [
-        (&proxy_url, "Bearer [redacted by chiron]", 4),
-        (&bobs_url, "", 5),
+        (&proxy_url, "Bearer [redacted by chiron]", 5),
+        (&bobs_url, "", 6),
     ] {
         let response = proxied(&ca, url, false)
             .get(format!("https://{HOST}/items"))
@@ -564,12 +585,13 @@ async fn a_tunnel_keeps_one_upstream_connection_and_hands_it_to_the_next_tunnel(
     stop.cancel();
     proxy.flush_audit().await;
     let rows = db.egress_requests(None, 10).await.unwrap();
-    assert_eq!(rows.len(), 9);
+    assert_eq!(rows.len(), 10);
     assert!(rows.iter().all(|r| r.status == 200));
     assert!(rows
         .iter()
-        .all(|r| (r.principal_id == alice.id) == (r.injected == ["REUSE_TOKEN"])));
-    drop((guard, bobs_guard));
+        .all(|r| (r.principal_id == alice.id && r.package == "reuse")
+            == (r.injected == ["REUSE_TOKEN"])));
+    drop((guard, others_guard, bobs_guard));
 }
 
 #[tokio::test]
