@@ -1278,7 +1278,21 @@ impl EgressProxy {
             })
             .unwrap_or_default();
 
+        // `TE: trailers` is the one hop-by-hop value passed on: the client reads trailers
+        // (which come back scrubbed), and gRPC servers refuse requests without it.
+        let wants_trailers = parts
+            .headers
+            .get_all(http::header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
         strip_hop_by_hop(&mut parts.headers);
+        if wants_trailers {
+            parts
+                .headers
+                .insert(http::header::TE, HeaderValue::from_static("trailers"));
+        }
         match inject(&mut parts, tls, &declared, &values) {
             Ok(names) => audit.record.injected = names,
             Err(details) => {

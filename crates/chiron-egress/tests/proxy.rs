@@ -346,6 +346,15 @@ async fn counting_upstream(
                                 (encoder.finish().unwrap(), Some("gzip"))
                             }
                             "/brotli" => (seen.clone().into_bytes(), Some("br")),
+                            "/te" => (
+                                request
+                                    .headers()
+                                    .get("te")
+                                    .map_or("none", |v| v.to_str().unwrap())
+                                    .as_bytes()
+                                    .to_vec(),
+                                None,
+                            ),
                             _ => (seen.clone().into_bytes(), None),
                         };
                         let mut response = hyper::Response::new(http_body_util::Full::new(
@@ -669,6 +678,24 @@ async fn hosts_open_only_on_declared_ports_secrets_follow_ports_and_upgrades_are
         "Bearer [redacted by chiron]"
     );
 
+    // Of the hop-by-hop headers, only `TE: trailers` is passed on.
+    for (te, expected) in [
+        ("trailers", "trailers"),
+        ("gzip, trailers", "trailers"),
+        ("gzip", "none"),
+    ] {
+        let answer = proxied(&ca, &std_url, true)
+            .get(format!("https://{HOST}/te"))
+            .header("te", te)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(answer, expected, "TE: {te}");
+    }
+
     // A WebSocket upgrade is refused with a reason, not forwarded without its headers.
     let upgrade = proxied(&ca, &std_url, true)
         .get(format!("https://{HOST}/socket"))
@@ -699,10 +726,10 @@ async fn hosts_open_only_on_declared_ports_secrets_follow_ports_and_upgrades_are
             .find(|(o, _)| *o == outcome)
             .map(|(_, n)| *n)
     };
-    assert_eq!(count(Outcome::Ok), Some(3));
+    assert_eq!(count(Outcome::Ok), Some(6));
     assert_eq!(count(Outcome::DeniedHost), Some(1));
     assert_eq!(count(Outcome::Unsupported), Some(1));
-    assert_eq!(counts.by_outcome.iter().map(|(_, n)| n).sum::<u64>(), 5);
+    assert_eq!(counts.by_outcome.iter().map(|(_, n)| n).sum::<u64>(), 8);
     assert!(counts.bytes_in > 0);
     // Rows name a port that is not the standard one.
     let to_8443: Vec<_> = rows
