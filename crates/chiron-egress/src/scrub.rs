@@ -37,7 +37,7 @@ impl Patterns {
         };
         let mut patterns: Vec<Vec<u8>> = Vec::new();
         for value in values {
-            if value.len() < 4 {
+            if value.len() < crate::secrets::MIN_VALUE_LEN {
                 continue;
             }
             let bytes = value.as_bytes();

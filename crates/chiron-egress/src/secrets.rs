@@ -29,10 +29,19 @@ pub enum SecretError {
     /// An empty value.
     #[error("a secret value must not be empty")]
     Empty,
+    /// A value too short to be found and scrubbed in responses.
+    #[error("a secret value must be at least {MIN_VALUE_LEN} bytes: a shorter one could not be told apart from ordinary text, so it could not be scrubbed from responses")]
+    TooShort,
+    /// A value with control characters, which no HTTP header can carry.
+    #[error("a secret value must not contain control characters: it is sent in HTTP headers")]
+    ControlCharacters,
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] chiron_store::StoreError),
 }
+
+/// The shortest value accepted (the scrubber ignores shorter strings).
+pub const MIN_VALUE_LEN: usize = 4;
 
 /// Checks a secret name.
 pub fn valid_name(name: &str) -> bool {
@@ -236,6 +245,12 @@ impl Secrets {
         let value = value.trim_end_matches(['\r', '\n']);
         if value.is_empty() {
             return Err(SecretError::Empty);
+        }
+        if value.len() < MIN_VALUE_LEN {
+            return Err(SecretError::TooShort);
+        }
+        if value.chars().any(char::is_control) {
+            return Err(SecretError::ControlCharacters);
         }
         self.follow_key_file();
         let sealed = self.keyring()?.seal(name, owner, value.as_bytes());

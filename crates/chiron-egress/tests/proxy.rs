@@ -52,6 +52,18 @@ async fn a_principals_own_value_wins_over_the_teams_and_rotation_keeps_values() 
         .set("EMPTY", SecretOwner::Team, "\n", Actor::cli())
         .await
         .is_err());
+    for (value, why) in [
+        ("abc", "at least 4 bytes"),
+        ("two\nlines", "control characters"),
+        ("tab\tbed", "control characters"),
+    ] {
+        let err = secrets
+            .set("ODD", SecretOwner::Team, value, Actor::cli())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(why), "{value:?}: {err}");
+    }
 
     let before = secrets.status().unwrap();
     let (count, after) = secrets.rotate_key().await.unwrap();
