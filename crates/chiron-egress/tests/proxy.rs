@@ -204,18 +204,28 @@ async fn secret_changes_are_announced_to_other_replicas() {
         .with_change_marker(there.path().join("secrets.changed"));
     let alice = PrincipalId::new();
     writer
-        .set("TOKEN", SecretOwner::Principal(alice), "old", Actor::cli())
+        .set(
+            "TOKEN",
+            SecretOwner::Principal(alice),
+            "old-value",
+            Actor::cli(),
+        )
         .await
         .unwrap();
     assert!(changes.next().await.unwrap(), "the set was announced");
-    assert_eq!(value(&replica, alice).await.as_deref(), Some("old"));
+    assert_eq!(value(&replica, alice).await.as_deref(), Some("old-value"));
     writer
-        .set("TOKEN", SecretOwner::Principal(alice), "new", Actor::cli())
+        .set(
+            "TOKEN",
+            SecretOwner::Principal(alice),
+            "new-value",
+            Actor::cli(),
+        )
         .await
         .unwrap();
     assert!(changes.next().await.unwrap(), "the change was announced");
     replica.changed_elsewhere();
-    assert_eq!(value(&replica, alice).await.as_deref(), Some("new"));
+    assert_eq!(value(&replica, alice).await.as_deref(), Some("new-value"));
     drop(changes);
     db.close().await;
     drop(guard);
