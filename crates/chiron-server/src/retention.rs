@@ -70,30 +70,16 @@ pub fn spawn_pruner(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chiron_store::tool_calls::ToolCallRecord;
-
-    fn call(id: &str, age_days: i64) -> ToolCallRecord {
-        ToolCallRecord {
-            call_id: id.into(),
-            at: now() - time::Duration::days(age_days),
-            principal_id: chiron_core::PrincipalId::new(),
-            token_id: chiron_core::TokenId::new(),
-            tool: "echo_echo".into(),
-            package: "echo".into(),
-            arg_keys: vec![],
-            arg_bytes: 0,
-            arg_values: None,
-            outcome: "ok".into(),
-            duration_ms: 1,
-            runner_id: None,
-        }
-    }
+    use chiron_store::testing::tool_call;
 
     #[tokio::test]
     async fn a_server_prunes_when_it_starts_and_not_with_retention_zero() {
         let (store, _db) = chiron_store::testing::store(chiron_store::Backend::Sqlite).await;
         store
-            .record_tool_calls(&[call("old", 40), call("new", 1)])
+            .record_tool_calls(&[
+                tool_call("old", time::Duration::days(40)),
+                tool_call("new", time::Duration::days(1)),
+            ])
             .await
             .unwrap();
         let kept = || async {

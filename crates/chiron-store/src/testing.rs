@@ -204,3 +204,21 @@ macro_rules! backend_tests {
         }
     };
 }
+
+/// A tool call row of a new principal, `age` ago, with id `call_id`.
+pub fn tool_call(call_id: &str, age: time::Duration) -> crate::tool_calls::ToolCallRecord {
+    crate::tool_calls::ToolCallRecord {
+        call_id: call_id.into(),
+        at: chiron_core::time_util::now() - age,
+        principal_id: chiron_core::PrincipalId::new(),
+        token_id: chiron_core::TokenId::new(),
+        tool: "echo_echo".into(),
+        package: "echo".into(),
+        arg_keys: vec![],
+        arg_bytes: 0,
+        arg_values: None,
+        outcome: "ok".into(),
+        duration_ms: 1,
+        runner_id: None,
+    }
+}

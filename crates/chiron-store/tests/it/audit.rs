@@ -68,28 +68,13 @@ backend_tests!(ping_and_migrate_twice, |store: Store| async move {
 backend_tests!(
     pruning_deletes_old_call_and_egress_rows_and_keeps_admin_events,
     |store: Store| async move {
-        use chiron_core::TokenId;
         use chiron_store::audit::Pruned;
         use chiron_store::secrets::EgressRecord;
-        use chiron_store::tool_calls::ToolCallRecord;
+        use chiron_store::testing::tool_call;
 
         let old = now() - time::Duration::days(100);
         let recent = now();
         let principal = PrincipalId::new();
-        let call = |at, id: &str| ToolCallRecord {
-            call_id: id.into(),
-            at,
-            principal_id: principal,
-            token_id: TokenId::new(),
-            tool: "echo_echo".into(),
-            package: "echo".into(),
-            arg_keys: vec![],
-            arg_bytes: 0,
-            arg_values: None,
-            outcome: "ok".into(),
-            duration_ms: 1,
-            runner_id: None,
-        };
         let egress = |at| EgressRecord {
             at,
             principal_id: principal,
@@ -107,7 +92,10 @@ backend_tests!(
             outcome: "ok".into(),
         };
         store
-            .record_tool_calls(&[call(old, "old"), call(recent, "recent")])
+            .record_tool_calls(&[
+                tool_call("old", time::Duration::days(100)),
+                tool_call("recent", time::Duration::ZERO),
+            ])
             .await
             .unwrap();
         // More old rows than one delete statement takes.
