@@ -2,16 +2,19 @@
 //! comes from that runner's principal; the `Proxy-Authorization` credential names the tool
 //! process, hence its package and MCP call. Then, per request:
 //!
-//! 1. The host must be declared by one of the principal's granted packages (else `403`).
+//! 1. The host must be declared by one of the principal's granted packages, on the scheme's
+//!    standard port or one the entry lists (else `403`).
 //! 2. `CONNECT` is intercepted with a leaf certificate from chiron's CA; SNI, `Host` and the
 //!    CONNECT target must agree.
-//! 3. Secrets are injected only as the sending package's manifest declares for that host and
-//!    path (header template, Basic, or a `chiron-secret:NAME` placeholder), only over TLS.
+//! 3. Secrets are injected only as the sending package's manifest declares for that host, port
+//!    and path (header template, Basic, or a `chiron-secret:NAME` placeholder), only over TLS.
+//!    Protocol upgrades are refused; upstreams are asked for gzip or nothing.
 //! 4. The upstream is resolved, each address checked against the dial policy (no private,
 //!    loopback, link-local, CGNAT or metadata addresses unless allowed), and the checked
 //!    address is dialled; TLS is verified against the system roots plus `extra_ca`.
-//! 5. Secret values are scrubbed from response headers and the streamed body.
-//! 6. One egress audit row per request — never a value.
+//! 5. Secret values (and Basic `user:value` pairs) are scrubbed from response headers, the
+//!    streamed body (gzip decoded first) and trailers.
+//! 6. One egress audit row per request — never a value — and a count by [`Outcome`].
 //!
 //! Without a usable master key every request is refused: the proxy fails closed.
 
