@@ -630,6 +630,10 @@ impl EgressHook for EgressProxy {
             }
         });
     }
+
+    fn stopped(&self, principal: PrincipalId) {
+        self.inner.secrets.forget(principal);
+    }
 }
 
 /// Where a connection came from: a runner's own listener, or the shared standalone listener.

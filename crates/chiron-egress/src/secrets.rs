@@ -402,6 +402,15 @@ impl Secrets {
         )
     }
 
+    /// Drops the values opened for `principal` (its runner stopped): plaintext is kept only
+    /// while it may be needed. The next request opens them again.
+    pub fn forget(&self, principal: PrincipalId) {
+        self.opened
+            .lock()
+            .expect("invariant: opened-values lock")
+            .remove(&principal);
+    }
+
     /// The scrubbing patterns of the values last opened for `principal` in this process,
     /// without reading storage. Tool processes can only have received values this process's
     /// proxy opened, so these cover everything a tool result could echo.

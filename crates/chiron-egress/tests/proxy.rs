@@ -878,6 +878,11 @@ async fn basic_query_and_compressed_echoes_of_values_never_reach_the_tool() {
     assert_eq!(queries, [key.as_str(), key.as_str(), "", "", ""]);
     stop.cancel();
     proxy.flush_audit().await;
+    // When alice's runner stops, the values opened for her are dropped.
+    let principal = PrincipalId(alice.id.0);
+    assert!(secrets.opened_patterns(principal).is_some());
+    proxy.stopped(principal);
+    assert!(secrets.opened_patterns(principal).is_none());
     let rows = db.egress_requests(None, 10).await.unwrap();
     for row in &rows {
         let expected: &[&str] = match row.path.as_str() {

@@ -105,6 +105,10 @@ pub struct RunnerEgress {
 pub trait EgressHook: Send + Sync + 'static {
     /// Serves `listener` for `runner` until `stop` is cancelled.
     fn serve(&self, runner: Arc<RunnerEgress>, listener: TcpListener, stop: CancellationToken);
+
+    /// `principal`'s runner has stopped: whatever was kept for it (opened secret values) can
+    /// go. Its next runner's requests load it again.
+    fn stopped(&self, _principal: PrincipalId) {}
 }
 
 /// The hook used when no egress proxy is configured: every request is refused with

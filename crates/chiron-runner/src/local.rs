@@ -183,6 +183,8 @@ pub struct LocalRunner {
     credentials: Arc<Credentials>,
     /// Stops serving the proxy listener.
     stop_egress: CancellationToken,
+    /// Serves the proxy listener; told when the runner stops.
+    egress: Arc<dyn EgressHook>,
     /// Installed sources of the mounted packages.
     sources: BTreeMap<String, (SourceKind, PathBuf)>,
     /// Whether a CA bundle is mounted.
@@ -440,6 +442,7 @@ impl LocalBackend {
             servers: tokio::sync::Mutex::new(HashMap::new()),
             credentials: Arc::default(),
             stop_egress: CancellationToken::new(),
+            egress: self.egress.clone(),
             sources: mounts.sources,
             ca_bundle: self.config.ca_bundle.is_some(),
         });
@@ -626,6 +629,7 @@ impl LocalRunner {
         tracing::warn!(runner = %self.id, "runner agent did not {what} in time; stopping the runner");
         self.alive.store(false, Ordering::SeqCst);
         self.stop_egress.cancel();
+        self.egress.stopped(self.principal);
         self.sandbox.kill();
     }
 
@@ -826,6 +830,7 @@ impl Runner for LocalRunner {
     async fn stop(&self) {
         self.alive.store(false, Ordering::SeqCst);
         self.stop_egress.cancel();
+        self.egress.stopped(self.principal);
         self.servers.lock().await.clear();
         self.sandbox.kill();
         self.sandbox.wait_exited().await;

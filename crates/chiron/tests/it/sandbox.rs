@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chiron_core::PrincipalId;
+use chiron_runner::egress::{DenyEgress, EgressHook, RunnerEgress};
 use chiron_runner::local::{LocalBackend, LocalConfig, Mounts};
 use chiron_runner::{CommandCall, CommandOutcome, PoolConfig, RunnerPool, StdioCall, ToolRunner};
 use chiron_tools::{PackageKind, ToolPackage};
@@ -48,12 +49,12 @@ for line in sys.stdin:
 
 /// A package whose one tool runs `python3 -c <code>` with the call's arguments on stdin.
 fn sandbox() -> Sandbox {
-    sandbox_with(true)
+    sandbox_with(true, Arc::new(DenyEgress))
 }
 
 /// With `cgroups` false, limits fall back to rlimits; that sandbox's agent is also started the
 /// other way, as `chiron runner-agent` (the slim `chiron-runner-agent` everywhere else).
-fn sandbox_with(cgroups: bool) -> Sandbox {
+fn sandbox_with(cgroups: bool, egress: Arc<dyn EgressHook>) -> Sandbox {
     // Agent failures are logged by the backend; show them in the test output.
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let data = tempfile::tempdir().unwrap();
@@ -113,7 +114,7 @@ fn sandbox_with(cgroups: bool) -> Sandbox {
         cpus: 1.0,
         cgroups,
     };
-    let backend = Arc::new(LocalBackend::new(config));
+    let backend = Arc::new(LocalBackend::with_egress(config, egress));
     let pool = Arc::new(RunnerPool::new(backend.clone(), PoolConfig::default()));
     Sandbox {
         pool,
@@ -243,6 +244,38 @@ async fn each_process_gets_its_own_proxy_credential_and_the_listener_answers() {
         credential(&second),
         "credentials are per process"
     );
+}
+
+/// Refuses egress like [`DenyEgress`] and records whose runners stopped.
+#[derive(Default)]
+struct RecordingEgress {
+    stopped: std::sync::Mutex<Vec<PrincipalId>>,
+}
+
+impl EgressHook for RecordingEgress {
+    fn serve(
+        &self,
+        runner: Arc<RunnerEgress>,
+        listener: tokio::net::TcpListener,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        DenyEgress.serve(runner, listener, stop);
+    }
+
+    fn stopped(&self, principal: PrincipalId) {
+        self.stopped.lock().unwrap().push(principal);
+    }
+}
+
+#[tokio::test]
+async fn the_egress_hook_hears_when_a_runner_stops() {
+    let egress = Arc::new(RecordingEgress::default());
+    let s = sandbox_with(true, egress.clone());
+    let alice = PrincipalId::new();
+    stdout(&s.run(alice, "print('up')").await);
+    assert!(egress.stopped.lock().unwrap().is_empty());
+    assert!(s.pool.stop(alice).await);
+    assert_eq!(*egress.stopped.lock().unwrap(), [alice]);
 }
 
 fn stdout(outcome: &CommandOutcome) -> String {
@@ -618,7 +651,7 @@ async fn a_runner_out_of_pids_fails_new_calls_and_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_cgroups_rlimits_stop_runaway_tools() {
-    let s = sandbox_with(false);
+    let s = sandbox_with(false, Arc::new(DenyEgress));
     let alice = PrincipalId::new();
     // Positive controls below the limits.
     assert_eq!(
