@@ -1386,6 +1386,15 @@ impl EgressProxy {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         scrub_headers(&mut parts.headers, &patterns);
+        // A reason phrase other than the standard one is passed on to the tool: not with a
+        // value in it (the standard one is written instead).
+        if parts
+            .extensions
+            .get::<hyper::ext::ReasonPhrase>()
+            .is_some_and(|reason| patterns.found_in(reason.as_bytes()))
+        {
+            parts.extensions.remove::<hyper::ext::ReasonPhrase>();
+        }
         audit.record.status = i64::from(parts.status.as_u16());
         let has_body = !is_head && !matches!(parts.status.as_u16(), 100..=199 | 204 | 304);
         let encoding = parts

@@ -382,6 +382,10 @@ async fn counting_upstream(
                         let mut response = hyper::Response::new(http_body_util::Full::new(
                             bytes::Bytes::from(body),
                         ));
+                        if request.uri().path() == "/reason" {
+                            let reason = hyper::ext::ReasonPhrase::try_from(seen.clone()).unwrap();
+                            response.extensions_mut().insert(reason);
+                        }
                         if let Some(encoding) = encoding {
                             response
                                 .headers_mut()
@@ -851,6 +855,19 @@ async fn basic_query_and_compressed_echoes_of_values_never_reach_the_tool() {
         let body = response.text().await.unwrap();
         assert_eq!(body, "Basic [redacted by chiron]".repeat(1000));
     }
+    // Nor in a reason phrase: the standard one replaces it.
+    let response = client
+        .get(format!("https://{HOST}/reason"))
+        .send()
+        .await
+        .unwrap();
+    let reason = response
+        .extensions()
+        .get::<hyper::ext::ReasonPhrase>()
+        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned());
+    assert_eq!(reason, None, "the standard reason phrase");
+    assert_eq!(response.text().await.unwrap(), "Basic [redacted by chiron]");
+
     // An encoding the proxy cannot read is not passed on to a principal with secrets.
     let refused = client
         .get(format!("https://{HOST}/brotli"))
@@ -869,13 +886,13 @@ async fn basic_query_and_compressed_echoes_of_values_never_reach_the_tool() {
     );
     let encoded_key: String = url::form_urlencoded::byte_serialize(KEY.as_bytes()).collect();
     let received = seen.lock().unwrap().clone();
-    assert_eq!(received.len(), 5);
+    assert_eq!(received.len(), 6);
     assert!(received
         .iter()
         .all(|(authorization, _)| *authorization == format!("Basic {pair}")));
     let queries: Vec<&str> = received.iter().map(|(_, q)| q.as_str()).collect();
     let key = format!("key={encoded_key}");
-    assert_eq!(queries, [key.as_str(), key.as_str(), "", "", ""]);
+    assert_eq!(queries, [key.as_str(), key.as_str(), "", "", "", ""]);
     stop.cancel();
     proxy.flush_audit().await;
     // When alice's runner stops, the values opened for her are dropped.
@@ -893,7 +910,7 @@ async fn basic_query_and_compressed_echoes_of_values_never_reach_the_tool() {
     }
     assert_eq!(
         rows.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>(),
-        ["upstream_error", "ok", "ok", "ok", "ok"],
+        ["upstream_error", "ok", "ok", "ok", "ok", "ok"],
         "newest first"
     );
     drop(guard);
