@@ -13,7 +13,7 @@
 //!    loopback, link-local, CGNAT or metadata addresses unless allowed), and the checked
 //!    address is dialled; TLS is verified against the system roots plus `extra_ca`.
 //! 5. Secret values (and Basic `user:value` pairs) are scrubbed from response headers, the
-//!    streamed body (gzip decoded first) and trailers.
+//!    streamed body (gzip decoded first), trailers and a non-standard reason phrase.
 //! 6. One egress audit row per request — never a value — and a count by [`Outcome`].
 //!
 //! Without a usable master key every request is refused: the proxy fails closed.
