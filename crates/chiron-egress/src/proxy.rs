@@ -1309,10 +1309,16 @@ impl EgressProxy {
         }
 
         // The proxy must read what it scrubs: upstreams may compress with gzip, which it
-        // decodes, and nothing else (a tool asking for br or zstd gets the body plain).
+        // decodes, and nothing else (a tool asking for br or zstd gets the body plain). A range
+        // of a compressed body cannot be decoded on its own: ranges are asked for plain.
+        let accepted = if parts.headers.contains_key(http::header::RANGE) {
+            "identity"
+        } else {
+            "gzip"
+        };
         parts.headers.insert(
             http::header::ACCEPT_ENCODING,
-            HeaderValue::from_static("gzip"),
+            HeaderValue::from_static(accepted),
         );
 
         parts.version = http::Version::HTTP_11;
