@@ -45,10 +45,10 @@ use chiron_runner::egress::{EgressHook, ProcessIdentity, RunnerEgress};
 use chiron_store::batch::BatchWriter;
 use chiron_store::secrets::EgressRecord;
 use chiron_store::Store;
-use chiron_tools::{EgressHost, Injection};
+use chiron_tools::{standard_port, EgressHost, Injection};
 
 use crate::ca::CertificateAuthority;
-use crate::scrub::{Patterns, StreamScrubber};
+use crate::scrub::{Patterns, StreamScrubber, REDACTED};
 use crate::secrets::{Secrets, Values};
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -744,6 +744,22 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     }
 }
 
+/// [`strip_hop_by_hop`] for a request, but `TE: trailers` is the one hop-by-hop value passed
+/// on: the client reads trailers (which come back scrubbed), and gRPC servers refuse requests
+/// without it.
+fn strip_request_hop_by_hop(headers: &mut http::HeaderMap) {
+    let wants_trailers = headers
+        .get_all(http::header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    strip_hop_by_hop(headers);
+    if wants_trailers {
+        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
 /// The `chiron-secret:NAME` placeholders in `text`.
 fn placeholders(text: &str) -> Vec<String> {
     const MARK: &str = "chiron-secret:";
@@ -769,7 +785,7 @@ fn placeholders(text: &str) -> Vec<String> {
 /// `host`, with `:port` when the port is not the standard one of the scheme (HTTPS when
 /// `tls`), as audit rows show it.
 fn shown_host(host: &str, port: u16, tls: bool) -> String {
-    if port == if tls { 443 } else { 80 } {
+    if port == standard_port(tls) {
         host.to_owned()
     } else {
         format!("{host}:{port}")
@@ -1000,7 +1016,7 @@ impl EgressProxy {
                 request.uri().port_u16(),
             )
         };
-        let port = port.unwrap_or(if is_connect { 443 } else { 80 });
+        let port = port.unwrap_or(standard_port(is_connect));
         let path = request.uri().path().to_owned();
         let audit = Audit::new(
             &self.inner.audit,
@@ -1097,7 +1113,7 @@ impl EgressProxy {
             Err(format!(
                 "port {port} of {host} is not declared by any package granted to this principal \
                  (a package lists other ports than {} in egress.hosts[].ports)",
-                if tls { 443 } else { 80 }
+                standard_port(tls)
             ))
         } else {
             Err(format!(
@@ -1285,21 +1301,7 @@ impl EgressProxy {
             })
             .unwrap_or_default();
 
-        // `TE: trailers` is the one hop-by-hop value passed on: the client reads trailers
-        // (which come back scrubbed), and gRPC servers refuse requests without it.
-        let wants_trailers = parts
-            .headers
-            .get_all(http::header::TE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-        strip_hop_by_hop(&mut parts.headers);
-        if wants_trailers {
-            parts
-                .headers
-                .insert(http::header::TE, HeaderValue::from_static("trailers"));
-        }
+        strip_request_hop_by_hop(&mut parts.headers);
         match inject(&mut parts, tls, &declared, &values) {
             Ok(names) => audit.record.injected = names,
             Err(details) => {
@@ -1483,8 +1485,10 @@ fn scrub_headers(headers: &mut http::HeaderMap, patterns: &Patterns) {
     for value in headers.values_mut() {
         if patterns.found_in(value.as_bytes()) {
             let scrubbed = patterns.scrub(value.as_bytes());
-            *value = HeaderValue::from_bytes(&scrubbed)
-                .unwrap_or_else(|_| HeaderValue::from_static("[redacted by chiron]"));
+            *value = HeaderValue::from_bytes(&scrubbed).unwrap_or_else(|_| {
+                HeaderValue::from_bytes(REDACTED)
+                    .expect("invariant: the redaction marker is a valid header value")
+            });
         }
     }
 }

@@ -10,6 +10,7 @@ use chiron_runner::egress::{Credentials, EgressHook, ProcessIdentity, RunnerEgre
 use chiron_store::secrets::SecretOwner;
 use chiron_store::testing::store;
 use chiron_store::Backend;
+use chiron_tools::{EgressHost, Injection, SecretInjection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -447,6 +448,28 @@ fn proxied(ca: &CertificateAuthority, proxy_url: &str, http1_only: bool) -> reqw
     builder.build().unwrap()
 }
 
+/// A manifest entry for `host` on `ports` (besides the standard one), path `/`, with
+/// `secrets`.
+fn entry(host: &str, ports: Vec<u16>, secrets: Vec<SecretInjection>) -> EgressHost {
+    EgressHost {
+        host: host.into(),
+        ports,
+        path_prefix: "/".into(),
+        secrets,
+    }
+}
+
+/// `name` injected as `Authorization: Bearer {value}`.
+fn bearer(name: &str) -> SecretInjection {
+    SecretInjection {
+        name: name.into(),
+        injection: Injection::Header {
+            header: "Authorization".into(),
+            template: "Bearer {value}".into(),
+        },
+    }
+}
+
 /// A proxy whose upstream for `host` (every port) is a [`counting_upstream`], and alice,
 /// granted `package` and holding `secret` = `value`. Bind the guards by name: they keep the
 /// database and the CA directory.
@@ -498,7 +521,6 @@ async fn fixture(host: &str, package: &str, secret: &str, value: &str) -> Fixtur
 #[tokio::test]
 async fn a_tunnel_keeps_one_upstream_connection_and_hands_it_to_the_next_tunnel() {
     use chiron_store::grants::GrantSubject;
-    use chiron_tools::{EgressHost, Injection, SecretInjection};
     use std::sync::atomic::Ordering;
 
     const HOST: &str = "api.reuse.test";
@@ -515,29 +537,10 @@ async fn a_tunnel_keeps_one_upstream_connection_and_hands_it_to_the_next_tunnel(
     let mut hosts = chiron_egress::proxy::PackageHosts::new();
     hosts.insert(
         "reuse".into(),
-        vec![EgressHost {
-            host: HOST.into(),
-            ports: vec![],
-            path_prefix: "/".into(),
-            secrets: vec![SecretInjection {
-                name: "REUSE_TOKEN".into(),
-                injection: Injection::Header {
-                    header: "Authorization".into(),
-                    template: "Bearer {value}".into(),
-                },
-            }],
-        }],
+        vec![entry(HOST, vec![], vec![bearer("REUSE_TOKEN")])],
     );
     // Another of alice's packages reaches the host without the secret.
-    hosts.insert(
-        "other".into(),
-        vec![EgressHost {
-            host: HOST.into(),
-            ports: vec![],
-            path_prefix: "/".into(),
-            secrets: vec![],
-        }],
-    );
+    hosts.insert("other".into(), vec![entry(HOST, vec![], vec![])]);
     db.add_grant("other", GrantSubject::Principal(alice.id), Actor::cli())
         .await
         .unwrap();
@@ -633,7 +636,6 @@ async fn a_tunnel_keeps_one_upstream_connection_and_hands_it_to_the_next_tunnel(
 async fn hosts_open_only_on_declared_ports_secrets_follow_ports_and_upgrades_are_refused() {
     use chiron_egress::proxy::Outcome;
     use chiron_store::grants::GrantSubject;
-    use chiron_tools::{EgressHost, Injection, SecretInjection};
 
     const HOST: &str = "api.ports.test";
     let Fixture {
@@ -645,23 +647,13 @@ async fn hosts_open_only_on_declared_ports_secrets_follow_ports_and_upgrades_are
         _ca_dir,
         ..
     } = fixture(HOST, "std", "PORTS_TOKEN", "ports-secret").await;
-    let entry = |ports: Vec<u16>, secrets| EgressHost {
-        host: HOST.into(),
-        ports,
-        path_prefix: "/".into(),
-        secrets,
-    };
-    let token = SecretInjection {
-        name: "PORTS_TOKEN".into(),
-        injection: Injection::Header {
-            header: "Authorization".into(),
-            template: "Bearer {value}".into(),
-        },
-    };
     let mut hosts = chiron_egress::proxy::PackageHosts::new();
     // `std` declares the host (port 443) with the secret; `extra` declares port 8443 too.
-    hosts.insert("std".into(), vec![entry(vec![], vec![token])]);
-    hosts.insert("extra".into(), vec![entry(vec![8443], vec![])]);
+    hosts.insert(
+        "std".into(),
+        vec![entry(HOST, vec![], vec![bearer("PORTS_TOKEN")])],
+    );
+    hosts.insert("extra".into(), vec![entry(HOST, vec![8443], vec![])]);
     proxy.set_packages(hosts);
     let stop = CancellationToken::new();
     let principal = PrincipalId(alice.id.0);
@@ -773,8 +765,6 @@ async fn hosts_open_only_on_declared_ports_secrets_follow_ports_and_upgrades_are
 
 #[tokio::test]
 async fn basic_query_and_compressed_echoes_of_values_never_reach_the_tool() {
-    use chiron_tools::{EgressHost, Injection, SecretInjection};
-
     const HOST: &str = "api.creds.test";
     const VALUE: &str = "creds-secret-value";
     const KEY: &str = "query-key-value/+=";
@@ -801,11 +791,10 @@ async fn basic_query_and_compressed_echoes_of_values_never_reach_the_tool() {
     let mut hosts = chiron_egress::proxy::PackageHosts::new();
     hosts.insert(
         "creds".into(),
-        vec![EgressHost {
-            host: HOST.into(),
-            ports: vec![],
-            path_prefix: "/".into(),
-            secrets: vec![
+        vec![entry(
+            HOST,
+            vec![],
+            vec![
                 SecretInjection {
                     name: "CREDS_TOKEN".into(),
                     injection: Injection::Basic {
@@ -817,7 +806,7 @@ async fn basic_query_and_compressed_echoes_of_values_never_reach_the_tool() {
                     injection: Injection::Placeholder,
                 },
             ],
-        }],
+        )],
     );
     proxy.set_packages(hosts);
     let stop = CancellationToken::new();

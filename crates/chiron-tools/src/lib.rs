@@ -13,6 +13,6 @@ pub mod manifest;
 
 pub use catalog::{load_packages, LoadReport, ToolEntry};
 pub use manifest::{
-    load_manifest, EgressHost, Injection, ManifestError, PackageKind, SecretInjection, ToolDecl,
-    ToolPackage, MANIFEST_FILE,
+    load_manifest, standard_port, EgressHost, Injection, ManifestError, PackageKind,
+    SecretInjection, ToolDecl, ToolPackage, MANIFEST_FILE,
 };

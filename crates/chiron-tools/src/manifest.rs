@@ -93,11 +93,21 @@ pub struct EgressHost {
     pub secrets: Vec<SecretInjection>,
 }
 
+/// The standard port of HTTPS (`tls`) or plain HTTP: what a host is reached on unless its
+/// entry lists others.
+pub fn standard_port(tls: bool) -> u16 {
+    if tls {
+        443
+    } else {
+        80
+    }
+}
+
 impl EgressHost {
-    /// Whether this entry covers `port`: the standard port of the scheme (443 with TLS, 80
-    /// without) or one of [`EgressHost::ports`].
+    /// Whether this entry covers `port`: the [`standard_port`] of the scheme or one of
+    /// [`EgressHost::ports`].
     pub fn allows_port(&self, port: u16, tls: bool) -> bool {
-        port == if tls { 443 } else { 80 } || self.ports.contains(&port)
+        port == standard_port(tls) || self.ports.contains(&port)
     }
 }
 
