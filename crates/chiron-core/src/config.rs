@@ -199,7 +199,8 @@ impl Default for McpConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ToolsConfig {
     /// Directories holding tool packages: each is a package folder (with `chiron-tool.toml`)
-    /// or a folder of package folders.
+    /// or a folder of package folders. Empty: `./tools` if it exists, else
+    /// `<data_dir>/tools` if it exists (where `serve --demo` writes the shipped packages).
     pub dirs: Vec<PathBuf>,
     /// Reload packages when a file under `dirs` changes.
     pub watch: bool,

@@ -33,18 +33,24 @@ pub struct ToolRuntime {
     reloading: tokio::sync::Mutex<()>,
 }
 
-/// The tool directories in force: `tools.dirs`, or `./tools` when none are configured and it
-/// exists (running from a checkout).
+/// The tool directories in force: `tools.dirs`; when none are configured, `./tools` if it
+/// exists (running from a checkout), else `<data_dir>/tools` if it exists (where the demo
+/// writes the shipped packages outside a checkout), so that `serve` without `--demo` and the
+/// CLI see the packages the demo served.
 pub fn tool_dirs(config: &Config) -> Vec<PathBuf> {
     if !config.tools.dirs.is_empty() {
         return config.tools.dirs.clone();
     }
-    let local = PathBuf::from("tools");
-    if local.is_dir() {
-        vec![local]
-    } else {
-        Vec::new()
-    }
+    [PathBuf::from("tools"), demo_tool_dir(config)]
+        .into_iter()
+        .find(|dir| dir.is_dir())
+        .into_iter()
+        .collect()
+}
+
+/// Where the demo writes the shipped packages when it runs outside a checkout.
+pub fn demo_tool_dir(config: &Config) -> PathBuf {
+    config.server.data_dir.join("tools")
 }
 
 /// The packages shipped in the source tree's `tools/`, built into the binary so that the demo
@@ -564,5 +570,19 @@ mod tests {
         let names: Vec<&str> = report.packages.keys().map(String::as_str).collect();
         assert_eq!(names, ["echo", "github", "slack", "time"]);
         assert!(report.errors.is_empty(), "{:?}", report.errors);
+    }
+
+    #[test]
+    fn without_configured_dirs_the_demo_packages_in_the_data_dir_are_used() {
+        // Tests run in the crate's folder, which has no `tools/`.
+        assert!(!std::path::Path::new("tools").exists());
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.server.data_dir = dir.path().to_owned();
+        assert!(tool_dirs(&config).is_empty());
+        write_shipped_packages(&demo_tool_dir(&config)).unwrap();
+        assert_eq!(tool_dirs(&config), [dir.path().join("tools")]);
+        config.tools.dirs = vec![dir.path().join("elsewhere")];
+        assert_eq!(tool_dirs(&config), [dir.path().join("elsewhere")]);
     }
 }

@@ -291,27 +291,55 @@ pub fn load_manifest(dir: &Path) -> Result<ToolPackage, Vec<ManifestError>> {
     parse_manifest(dir, &file, &text)
 }
 
+/// A deserialization path as manifest errors name fields (`tools[0].name`), without the
+/// private keys toml's `Spanned` adds.
+fn field_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut field = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => field.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if key.starts_with("$__") {
+                    continue;
+                }
+                if !field.is_empty() {
+                    field.push('.');
+                }
+                field.push_str(key);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    field
+}
+
 /// Parses manifest `text` of the package in `dir` (`file` is used in errors).
 pub fn parse_manifest(
     dir: &Path,
     file: &Path,
     text: &str,
 ) -> Result<ToolPackage, Vec<ManifestError>> {
-    let raw: RawManifest = toml::from_str(text).map_err(|err| {
-        let line = err.span().map(|s| {
-            text[..s.start.min(text.len())]
-                .bytes()
-                .filter(|&b| b == b'\n')
-                .count()
-                + 1
-        });
-        vec![ManifestError {
-            file: file.to_owned(),
-            line,
-            field: String::new(),
-            message: err.message().to_owned(),
-        }]
-    })?;
+    // Through serde_path_to_error, so that a value of the wrong type or variant is reported
+    // with its field (`tools[0].timeout`), which toml's own errors leave out.
+    let raw: RawManifest = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+        .map_err(|err| {
+            let field = field_path(err.path());
+            let err = err.into_inner();
+            let line = err.span().map(|s| {
+                text[..s.start.min(text.len())]
+                    .bytes()
+                    .filter(|&b| b == b'\n')
+                    .count()
+                    + 1
+            });
+            vec![ManifestError {
+                file: file.to_owned(),
+                line,
+                field,
+                message: err.message().to_owned(),
+            }]
+        })?;
     let mut check = Checker {
         file,
         text,

@@ -81,6 +81,18 @@ fn errors_name_file_line_and_field() {
         err.message.contains("shell") || err.message.contains("variant"),
         "{err}"
     );
+    // Values of the wrong type or variant name their field too, not only the line.
+    assert_eq!(err.field, "kind", "{err}");
+    let wrong_type = GOOD.replace("name = \"get_issue\"", "name = 7");
+    let err = first_error(&wrong_type);
+    assert_eq!(
+        (err.field.as_str(), err.line),
+        ("tools[0].name", Some(10)),
+        "{err}"
+    );
+    let missing = GOOD.replace("version = \"1.0.0\"\n", "");
+    let err = first_error(&missing);
+    assert!(err.message.contains("version"), "{err}");
 
     let unknown = GOOD.replace("env = {", "envv = {");
     let err = first_error(&unknown);

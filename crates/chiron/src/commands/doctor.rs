@@ -37,6 +37,8 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         },
     );
 
+    line("tool packages", &check_tool_packages(&config));
+
     Ok(if storage.ok {
         ExitCode::SUCCESS
     } else {
@@ -55,6 +57,43 @@ fn check_master_key(config: &Config) -> Probe {
         Err(err) => Probe {
             ok: false,
             detail: format!("{err}; egress is refused until it is set"),
+        },
+    }
+}
+
+/// The packages in the tool directories in force, loaded as the server loads them; the first
+/// manifest problem is shown (`chiron tool check` lists them all).
+fn check_tool_packages(config: &Config) -> Probe {
+    let dirs = chiron_server::tools::tool_dirs(config);
+    if dirs.is_empty() {
+        return Probe {
+            ok: false,
+            detail: "no tool directories (set tools.dirs): only built-in tools are served".into(),
+        };
+    }
+    let shown = dirs
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let report = chiron_tools::load_packages(&dirs);
+    let names = report
+        .packages
+        .keys()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    match report.errors.first() {
+        None => Probe {
+            ok: true,
+            detail: format!("{} in {shown}: {names}", report.packages.len()),
+        },
+        Some(first) => Probe {
+            ok: false,
+            detail: format!(
+                "{} problem(s) in {shown}, first: {first} (`chiron tool check {shown}` lists all)",
+                report.errors.len()
+            ),
         },
     }
 }

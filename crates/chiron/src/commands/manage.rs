@@ -256,7 +256,7 @@ pub async fn grant(config: Config, command: GrantCommand) -> anyhow::Result<Exit
     match command {
         GrantCommand::Add(args) => {
             let (subject, label) = grant_subject(&store, &args).await?;
-            let known = chiron_tools::load_packages(&config.tools.dirs);
+            let known = chiron_tools::load_packages(&chiron_server::tools::tool_dirs(&config));
             if !known.packages.contains_key(&args.package) {
                 eprintln!(
                     "note: no package {:?} in tools.dirs yet; the grant applies once it loads",

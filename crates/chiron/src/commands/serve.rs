@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use chiron_core::{Config, CreatedVia};
 use chiron_server::tools::{
-    log_report, packages_with_sources, tool_dirs, write_shipped_packages, ToolRuntime,
+    demo_tool_dir, log_report, packages_with_sources, tool_dirs, write_shipped_packages,
+    ToolRuntime,
 };
 use chiron_server::{serve, setup, AppState};
 use tokio_util::sync::CancellationToken;
@@ -17,9 +18,10 @@ const DEMO_STDIO_PACKAGE: &str = "time";
 pub async fn run(mut config: Config, demo: bool) -> anyhow::Result<ExitCode> {
     // Runner homes and the pid file live in the data directory whatever the database is.
     setup::prepare_data_dir(&config).context("preparing the data directory")?;
-    if demo && tool_dirs(&config).is_empty() {
-        // Not in a checkout and nothing configured: the packages built into the binary.
-        let dir = config.server.data_dir.join("tools");
+    let dir = demo_tool_dir(&config);
+    if demo && tool_dirs(&config).iter().all(|d| *d == dir) {
+        // Not in a checkout and nothing configured: the packages built into the binary (files
+        // a newer binary adds are written on its first demo start; edited ones are kept).
         write_shipped_packages(&dir)
             .with_context(|| format!("writing the shipped tool packages to {}", dir.display()))?;
         tracing::info!(dir = %dir.display(), "demo tool packages written");

@@ -30,6 +30,17 @@ async fn demo_serves_health_and_exits_zero_on_sigterm() {
     assert_eq!(code, Some(0), "{logs}");
     assert!(logs.contains("draining"), "{logs}");
 
+    // Outside a checkout the demo wrote the shipped packages to the data directory; the CLI
+    // (and a plain `serve`) use them too when no tools.dirs are configured.
+    let mut chiron = chiron;
+    let listed = chiron.ok(&["tool", "list"]);
+    assert!(listed.contains("github"), "{listed}");
+    let granted = chiron.ok(&["grant", "add", "github", "--principal", "demo"]);
+    let output = chiron.run(&["grant", "add", "slack", "--principal", "demo"]);
+    assert!(output.status.success());
+    let noted = String::from_utf8_lossy(&output.stderr);
+    assert!(!noted.contains("no package"), "{granted} {noted}");
+
     // Second start: the admin token is not printed again.
     let server = chiron.serve(&["serve", "--demo"]);
     assert!(
@@ -112,6 +123,29 @@ fn doctor_reports_config_and_host() {
     assert!(stdout.contains("ca.key present"), "{stdout}");
     let key = std::fs::read_to_string(chiron.data_dir().join("master.key")).unwrap();
     assert!(!stdout.contains(key.trim()), "{stdout}");
+    assert!(stdout.contains("no tool directories"), "{stdout}");
+
+    // Tool packages: counted when valid, the first problem named (file and field) when not.
+    let tools = chiron.dir.path().join("tools");
+    std::fs::create_dir_all(tools.join("ok")).unwrap();
+    std::fs::write(
+        tools.join("ok/chiron-tool.toml"),
+        "name = \"ok\"\nversion = \"1\"\nkind = \"command\"\ncommand = [\"true\"]\n\
+         [[tools]]\nname = \"t\"\ninput_schema = { type = \"object\" }\n",
+    )
+    .unwrap();
+    let stdout = chiron.ok(&["doctor"]);
+    assert!(stdout.contains("1 in tools: ok"), "{stdout}");
+    std::fs::create_dir_all(tools.join("bad")).unwrap();
+    std::fs::write(
+        tools.join("bad/chiron-tool.toml"),
+        "name = \"bad\"\nversion = \"1\"\nkind = \"shell\"\ncommand = [\"true\"]\n",
+    )
+    .unwrap();
+    let stdout = chiron.ok(&["doctor"]);
+    assert!(stdout.contains("1 problem(s) in tools, first:"), "{stdout}");
+    assert!(stdout.contains("bad/chiron-tool.toml"), "{stdout}");
+    assert!(stdout.contains("kind"), "{stdout}");
 }
 
 #[test]
