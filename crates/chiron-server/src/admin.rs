@@ -6,8 +6,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Path, Query, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -59,12 +59,44 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/egress", get(list_egress))
         .route("/runners/{principal}/stop", post(stop_runner))
+        .fallback(|| async { ApiError::NotFound("route") })
+        .layer(axum::middleware::map_response(json_method_not_allowed))
+}
+
+/// A method a route does not serve gets the stable error shape too, keeping `Allow`.
+async fn json_method_not_allowed(response: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED
+        || response
+            .headers()
+            .contains_key(axum::http::header::CONTENT_TYPE)
+    {
+        return response;
+    }
+    let mut answer = ApiError::MethodNotAllowed.into_response();
+    if let Some(allow) = response.headers().get(axum::http::header::ALLOW) {
+        answer
+            .headers_mut()
+            .insert(axum::http::header::ALLOW, allow.clone());
+    }
+    answer
 }
 
 /// A JSON body whose rejection is an [`ApiError`] with the stable error shape.
 #[derive(FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct ApiJson<T>(pub T);
+
+/// Query parameters whose rejection is an [`ApiError`] with the stable error shape.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::BadRequest(rejection.body_text())
+    }
+}
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
@@ -168,7 +200,7 @@ async fn list_tokens(
     _: AdminAuth,
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(query): Query<TokenListQuery>,
+    ApiQuery(query): ApiQuery<TokenListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let id: PrincipalId = parse_id(&id, "principal")?;
     state
@@ -364,7 +396,7 @@ struct AuditQuery {
 async fn list_audit(
     _: AdminAuth,
     State(state): State<AppState>,
-    Query(query): Query<AuditQuery>,
+    ApiQuery(query): ApiQuery<AuditQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let filter = AuditFilter {
         action: query.action,
@@ -385,7 +417,7 @@ struct GrantQuery {
 async fn list_grants(
     _: AdminAuth,
     State(state): State<AppState>,
-    Query(query): Query<GrantQuery>,
+    ApiQuery(query): ApiQuery<GrantQuery>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(
         json!({ "grants": state.store.list_grants(query.package.as_deref()).await? }),
@@ -482,7 +514,7 @@ struct SecretQuery {
 async fn list_secrets(
     _: AdminAuth,
     State(state): State<AppState>,
-    Query(query): Query<SecretQuery>,
+    ApiQuery(query): ApiQuery<SecretQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let principal = query
         .principal
@@ -584,7 +616,7 @@ struct EgressQuery {
 async fn list_egress(
     _: AdminAuth,
     State(state): State<AppState>,
-    Query(query): Query<EgressQuery>,
+    ApiQuery(query): ApiQuery<EgressQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let rows = state
         .store
@@ -604,7 +636,7 @@ struct CallQuery {
 async fn list_calls(
     _: AdminAuth,
     State(state): State<AppState>,
-    Query(query): Query<CallQuery>,
+    ApiQuery(query): ApiQuery<CallQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let principal_id = query
         .principal

@@ -26,6 +26,9 @@ pub enum ApiError {
     /// The object already exists.
     #[error("{0} already exists")]
     Conflict(&'static str),
+    /// The route exists, not with this method.
+    #[error("this route does not serve that method (see the Allow header)")]
+    MethodNotAllowed,
     /// The request is malformed or asks for something impossible.
     #[error("{0}")]
     BadRequest(String),
@@ -45,6 +48,7 @@ impl ApiError {
             Self::InsufficientScope(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -59,6 +63,7 @@ impl ApiError {
             Self::InsufficientScope(_) => "insufficient_scope",
             Self::NotFound(_) => "not_found",
             Self::Conflict(_) => "conflict",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::BadRequest(_) => "bad_request",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",

@@ -291,6 +291,24 @@ backend_tests!(
         assert_eq!(bad.status, StatusCode::BAD_REQUEST);
         assert_eq!(bad.error_code(), "bad_request");
 
+        // Bad query values, unknown routes and unserved methods answer in the same shape.
+        let query = app.get("/admin/api/egress?limit=many", Some(&admin)).await;
+        assert_eq!(query.status, StatusCode::BAD_REQUEST);
+        assert_eq!(query.error_code(), "bad_request");
+        assert!(query.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limit"));
+        let nowhere = app.get("/admin/api/nowhere", Some(&admin)).await;
+        assert_eq!(nowhere.status, StatusCode::NOT_FOUND);
+        assert_eq!(nowhere.error_code(), "not_found");
+        let patch = app
+            .call("PATCH", "/admin/api/principals", Some(&admin), None)
+            .await;
+        assert_eq!(patch.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(patch.error_code(), "method_not_allowed");
+        assert!(patch.headers["allow"].to_str().unwrap().contains("POST"));
+
         let empty = app
             .call(
                 "POST",
