@@ -12,7 +12,8 @@
 //!    principal → 429 with `Retry-After`; a new session needs room under the caps → 429.
 //! 5. The verified [`chiron_auth::Authenticated`] goes into the request extensions for the handler; a
 //!    session id in the response is bound to the principal, and a successful `DELETE`
-//!    forgets it.
+//!    forgets it. A JSON body that is no JSON-RPC message gets 400 with a JSON-RPC error
+//!    (-32700 when it is not JSON at all) instead of rmcp's 415.
 
 use std::collections::HashSet;
 use std::num::NonZeroU32;
@@ -201,6 +202,13 @@ pub async fn gate(State(gate): State<Arc<Gate>>, request: Request, next: Next) -
 
     let method = request.method().clone();
     let (mut parts, body) = request.into_parts();
+    let json_body = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"));
+    let mut unparsable = None;
     let mut reservation = None;
     let body = if method == Method::POST {
         let declared = parts
@@ -222,9 +230,13 @@ pub async fn gate(State(gate): State<Arc<Gate>>, request: Request, next: Next) -
                 "request body too large",
             );
         };
-        let probed = serde_json::from_slice::<MethodProbe>(&bytes)
-            .ok()
-            .and_then(|p| p.method);
+        let probe = serde_json::from_slice::<MethodProbe>(&bytes);
+        if let Err(err) = &probe {
+            if err.is_syntax() || err.is_eof() {
+                unparsable = Some(err.to_string());
+            }
+        }
+        let probed = probe.ok().and_then(|p| p.method);
         match probed.as_deref() {
             Some("tools/call") => {
                 if let Err(not_until) = gate.limiter.check_key(&principal) {
@@ -254,6 +266,26 @@ pub async fn gate(State(gate): State<Arc<Gate>>, request: Request, next: Next) -
 
     parts.extensions.insert(caller);
     let mut response = next.run(Request::from_parts(parts, body)).await;
+
+    // rmcp answers a JSON body it cannot read as a JSON-RPC message with 415 and plain text,
+    // as if the media type were wrong: it is a bad request, answered as JSON-RPC says.
+    if method == Method::POST
+        && json_body
+        && response.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE
+    {
+        return match unparsable {
+            Some(reason) => rpc_error(
+                StatusCode::BAD_REQUEST,
+                -32700,
+                &format!("Parse error: the body is not JSON ({reason})"),
+            ),
+            None => rpc_error(
+                StatusCode::BAD_REQUEST,
+                -32600,
+                "Invalid Request: the body is not a JSON-RPC request, notification or response",
+            ),
+        };
+    }
 
     if response.status().is_success() {
         if let Some(slot) = reservation {

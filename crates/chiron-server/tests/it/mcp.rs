@@ -30,18 +30,27 @@ fn stateless_whoami() -> Value {
 
 struct Post<'a> {
     token: Option<&'a str>,
-    body: Value,
+    body: String,
     session: Option<&'a str>,
     headers: Vec<(&'a str, String)>,
 }
 
 impl<'a> Post<'a> {
     fn new(token: Option<&'a str>, body: Value) -> Self {
+        Self::raw(token, &body.to_string())
+    }
+
+    /// A body sent as it is, JSON or not.
+    fn raw(token: Option<&'a str>, body: &str) -> Self {
         Self {
             token,
-            body,
+            body: body.to_owned(),
             session: None,
-            headers: vec![("host", HOST.to_owned())],
+            headers: vec![
+                ("host", HOST.to_owned()),
+                ("content-type", "application/json".to_owned()),
+                ("accept", "application/json, text/event-stream".to_owned()),
+            ],
         }
     }
 
@@ -63,9 +72,7 @@ impl<'a> Post<'a> {
     }
 
     async fn send(self, app: &TestApp) -> Reply {
-        let mut builder = Request::post("/mcp")
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream");
+        let mut builder = Request::post("/mcp");
         for (name, value) in &self.headers {
             builder = builder.header(*name, value);
         }
@@ -77,8 +84,7 @@ impl<'a> Post<'a> {
                 .header("mcp-session-id", session)
                 .header("mcp-protocol-version", "2025-06-18");
         }
-        app.send(builder.body(Body::from(self.body.to_string())).unwrap())
-            .await
+        app.send(builder.body(Body::from(self.body)).unwrap()).await
     }
 }
 
@@ -297,6 +303,40 @@ async fn session_caps_hold_and_idle_sessions_expire() {
     session_id(&Post::new(Some(&alice), initialize()).send(&app).await);
     stop.cancel();
     reaper.await.unwrap();
+}
+
+#[tokio::test]
+async fn malformed_bodies_get_json_rpc_errors() {
+    let (app, alice, _bob, _db) = app_with(Config::default()).await;
+    let error = |reply: &Reply| reply.json()["error"]["code"].as_i64();
+
+    let not_json = Post::raw(Some(&alice), "{bad").send(&app).await;
+    assert_eq!(
+        not_json.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        not_json.text
+    );
+    assert_eq!(error(&not_json), Some(-32700), "{}", not_json.text);
+    for body in ["[]", "7", r#"{"jsonrpc":"2.0","id":1}"#] {
+        let invalid = Post::raw(Some(&alice), body).send(&app).await;
+        assert_eq!(
+            invalid.status,
+            StatusCode::BAD_REQUEST,
+            "{body}: {}",
+            invalid.text
+        );
+        assert_eq!(error(&invalid), Some(-32600), "{body}: {}", invalid.text);
+    }
+    // A body of another media type is still answered 415.
+    let text = Post::new(Some(&alice), initialize())
+        .header("content-type", "text/plain")
+        .send(&app)
+        .await;
+    assert_eq!(text.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // And a good message still works.
+    let ok = Post::new(Some(&alice), initialize()).send(&app).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
 }
 
 #[tokio::test]
