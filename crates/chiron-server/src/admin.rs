@@ -138,6 +138,10 @@ async fn create_principal(
             "display_name must not be empty".into(),
         ));
     }
+    // Names pick principals in the CLI: a second one of the same name would be ambiguous.
+    if !state.store.principals_named(name).await?.is_empty() {
+        return Err(ApiError::Conflict("a principal with this display_name"));
+    }
     let principal = state.store.create_principal(name).await?;
     Ok((StatusCode::CREATED, Json(json!(principal))))
 }

@@ -58,6 +58,16 @@ backend_tests!(
             .await;
         assert_eq!(created.status, StatusCode::CREATED);
         let alice = created.json()["id"].as_str().unwrap().to_owned();
+        let twice = app
+            .call(
+                "POST",
+                "/admin/api/principals",
+                Some(&admin),
+                Some(json!({"display_name": "alice"})),
+            )
+            .await;
+        assert_eq!(twice.status, StatusCode::CONFLICT);
+        assert_eq!(twice.error_code(), "conflict");
 
         let issued = app
             .call(

@@ -54,6 +54,14 @@ pub async fn principal(config: Config, command: PrincipalCommand) -> anyhow::Res
             if name.is_empty() {
                 bail!("the name must not be empty");
             }
+            // Names pick principals in every other command: a second one would make them
+            // ambiguous. (Slack users may share display names; they are told apart by id.)
+            if let Some(existing) = store.principals_named(name).await?.first() {
+                bail!(
+                    "a principal named {name:?} already exists ({})",
+                    existing.id
+                );
+            }
             let principal = store.create_principal(name).await?;
             print_principal(&principal);
         }

@@ -54,6 +54,15 @@ async fn principals_groups_and_tokens_from_the_command_line() {
     );
     let listed = chiron.ok(&["principal", "list"]);
     assert!(listed.contains("alice"), "{listed}");
+    // Names pick principals: a second alice is refused, naming the first.
+    let again = chiron.run(&["principal", "add", "alice"]);
+    assert!(!again.status.success());
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(said.contains("already exists"), "{said}");
+    assert_eq!(
+        chiron.ok(&["principal", "list"]).matches("alice").count(),
+        1
+    );
 
     // `token issue` prints exactly the token on stdout; the description goes to stderr.
     let token = chiron.ok(&[
