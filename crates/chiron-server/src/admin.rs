@@ -261,8 +261,9 @@ async fn issue_token(
 }
 
 /// Parses `7d`, `12h`, `30m` and the like.
-pub fn parse_ttl(text: &str) -> Result<Duration, humantime::DurationError> {
-    humantime::parse_duration(text)
+pub fn parse_ttl(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|err| format!("{text:?} is not a duration such as 30m, 12h or 7d ({err})"))
 }
 
 #[derive(Deserialize, Default)]

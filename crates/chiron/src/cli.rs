@@ -393,5 +393,5 @@ pub struct RevokeArgs {
 }
 
 fn humantime_duration(text: &str) -> Result<std::time::Duration, String> {
-    chiron_server::admin::parse_ttl(text).map_err(|err| err.to_string())
+    chiron_server::admin::parse_ttl(text)
 }
