@@ -44,7 +44,8 @@ pub struct ServerConfig {
     /// Address the HTTP server binds.
     pub listen: SocketAddr,
     /// The URL clients use to reach chiron (may differ from `listen` behind a reverse proxy).
-    /// Token audiences and protected-resource metadata derive from it.
+    /// Token audiences and protected-resource metadata derive from it. Not set:
+    /// `http://<listen>` (see [`public_url_for`]).
     pub public_url: Url,
     /// Where chiron keeps its SQLite database, keys and per-principal homes.
     pub data_dir: PathBuf,
@@ -54,6 +55,19 @@ pub struct ServerConfig {
     /// Threads serving HTTP, each with its own single-threaded runtime; 0 means one per CPU.
     /// At most [`MAX_HTTP_THREADS`].
     pub http_threads: usize,
+}
+
+/// The URL clients use when `server.public_url` is not set: `http://<listen>`, with a
+/// wildcard address (`0.0.0.0`, `::`) replaced by loopback.
+pub fn public_url_for(listen: SocketAddr) -> Url {
+    let mut address = listen;
+    if address.ip().is_unspecified() {
+        address.set_ip(match address {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    Url::parse(&format!("http://{address}")).expect("a socket address makes a valid url")
 }
 
 /// The most HTTP threads `server.http_threads` may ask for.

@@ -28,6 +28,9 @@ pub enum ConfigError {
     Invalid(#[from] chiron_core::config::InvalidConfig),
 }
 
+/// The key whose default follows `server.listen`.
+const PUBLIC_URL_KEY: &str = "server.public_url";
+
 /// Loads the configuration. `explicit` is `--config`; without it `chiron.toml` in the current
 /// directory is used when present.
 pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
@@ -37,6 +40,10 @@ pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
         None => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.exists()),
     };
     let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    let default_public_url = figment
+        .find_value(PUBLIC_URL_KEY)
+        .ok()
+        .map(|value| value.tag());
     if let Some(file) = file {
         figment = figment.merge(Toml::file_exact(file));
     }
@@ -59,9 +66,18 @@ pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
                 .only(&["CHIRON_DATABASE_URL"])
                 .map(|_| "database.url".into()),
         );
-    let config: Config = figment
+    let public_url_given = figment
+        .find_value(PUBLIC_URL_KEY)
+        .ok()
+        .map(|value| value.tag())
+        != default_public_url;
+    let mut config: Config = figment
         .extract()
         .map_err(|err| ConfigError::Parse(Box::new(err)))?;
+    if !public_url_given {
+        // Not set: clients reach chiron where it listens (a changed port included).
+        config.server.public_url = chiron_core::config::public_url_for(config.server.listen);
+    }
     config.validate()?;
     Ok(config)
 }

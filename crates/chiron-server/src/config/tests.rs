@@ -18,6 +18,32 @@ fn defaults_need_no_file() {
 }
 
 #[test]
+fn the_public_url_follows_listen_unless_set() {
+    Jail::expect_with(|jail| {
+        jail.set_env("CHIRON_SERVER__LISTEN", "127.0.0.1:8799");
+        let config = load(None).expect("load");
+        assert_eq!(config.server.mcp_url(), "http://127.0.0.1:8799/mcp");
+        jail.set_env("CHIRON_SERVER__LISTEN", "0.0.0.0:9000");
+        assert_eq!(
+            load(None).unwrap().server.public_url.as_str(),
+            "http://127.0.0.1:9000/"
+        );
+        jail.set_env("CHIRON_SERVER__LISTEN", "[::]:9000");
+        assert_eq!(
+            load(None).unwrap().server.public_url.as_str(),
+            "http://[::1]:9000/"
+        );
+        // Set explicitly, even to the default, it stays.
+        jail.set_env("CHIRON_SERVER__PUBLIC_URL", "http://127.0.0.1:8787");
+        assert_eq!(
+            load(None).unwrap().server.public_url.as_str(),
+            "http://127.0.0.1:8787/"
+        );
+        Ok(())
+    });
+}
+
+#[test]
 fn file_then_environment() {
     Jail::expect_with(|jail| {
         jail.create_file(

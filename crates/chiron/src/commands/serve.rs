@@ -105,6 +105,20 @@ pub async fn run(mut config: Config, demo: bool) -> anyhow::Result<ExitCode> {
         backend = store.backend().as_str(),
         "listening"
     );
+    let host = config.server.public_url.host_str().unwrap_or_default();
+    let loopback_url = host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if local.ip().is_unspecified() && loopback_url {
+        tracing::warn!(
+            public_url = %config.server.public_url,
+            "listening on every interface, but server.public_url is a loopback URL: clients \
+             reaching this host by another name are refused (Host check) and tokens name the \
+             loopback URL; set server.public_url to the URL they use"
+        );
+    }
 
     // `chiron tool reload` (or any SIGHUP) reloads the tool packages without a restart.
     let tools = std::sync::Arc::new(tools);
