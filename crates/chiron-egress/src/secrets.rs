@@ -174,9 +174,6 @@ impl Secrets {
     pub fn new(store: Store, key_file: PathBuf) -> Self {
         let key_stamp = std::sync::Mutex::new(KeyStamp::of(&key_file));
         let keys = Keyring::load(&key_file).map(Arc::new);
-        if let Err(err) = &keys {
-            tracing::warn!(error = %err, "secrets are unavailable; egress requests get no secrets and are refused");
-        }
         Self {
             store,
             key_file,

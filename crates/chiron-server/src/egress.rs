@@ -122,6 +122,9 @@ pub fn egress(config: &Config, store: Store) -> Result<Egress, String> {
         }
     }
     let secrets = secrets(config, store.clone());
+    if let Err(err) = secrets.status() {
+        tracing::warn!(error = %err, "secrets are unavailable; egress requests get no secrets and are refused");
+    }
     let proxy = Arc::new(EgressProxy::new(store, secrets.clone(), ca, settings)?);
     Ok(Egress {
         proxy,
