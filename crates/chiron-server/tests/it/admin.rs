@@ -48,24 +48,18 @@ backend_tests!(
     |store: Store| async move {
         let app = TestApp::new(store);
         let (_, admin) = app.admin().await;
-        let created = app
-            .call(
+        let create_alice = || {
+            app.call(
                 "POST",
                 "/admin/api/principals",
                 Some(&admin),
                 Some(json!({"display_name": "alice"})),
             )
-            .await;
+        };
+        let created = create_alice().await;
         assert_eq!(created.status, StatusCode::CREATED);
         let alice = created.json()["id"].as_str().unwrap().to_owned();
-        let twice = app
-            .call(
-                "POST",
-                "/admin/api/principals",
-                Some(&admin),
-                Some(json!({"display_name": "alice"})),
-            )
-            .await;
+        let twice = create_alice().await;
         assert_eq!(twice.status, StatusCode::CONFLICT);
         assert_eq!(twice.error_code(), "conflict");
 
