@@ -368,8 +368,9 @@ impl Default for AuditConfig {
     }
 }
 
-/// The default `log.filter`.
-pub const DEFAULT_LOG_FILTER: &str = "info,rmcp=warn";
+/// The default `log.filter`: rmcp logs every JSON-RPC error it answers (an unknown tool, bad
+/// arguments) at warn in `rmcp::service`; those are the client's mistakes, and audited.
+pub const DEFAULT_LOG_FILTER: &str = "info,rmcp=warn,rmcp::service=error";
 
 /// `[log]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
