@@ -13,7 +13,8 @@
 //! 5. The verified [`chiron_auth::Authenticated`] goes into the request extensions for the handler; a
 //!    session id in the response is bound to the principal, and a successful `DELETE`
 //!    forgets it. A JSON body that is no JSON-RPC message gets 400 with a JSON-RPC error
-//!    (-32700 when it is not JSON at all) instead of rmcp's 415.
+//!    (-32700 when it is not JSON at all) instead of rmcp's 415, and rmcp's other plain-text
+//!    refusals (4xx) become JSON-RPC errors with the same status and message.
 
 use std::collections::HashSet;
 use std::num::NonZeroU32;
@@ -80,6 +81,29 @@ fn rpc_error(status: StatusCode, code: i64, message: &str) -> Response {
     let body =
         json!({ "jsonrpc": "2.0", "id": null, "error": { "code": code, "message": message } });
     (status, axum::Json(body)).into_response()
+}
+
+/// rmcp answers transport-level refusals (no session id, an unknown session, a missing
+/// `Accept`) in plain text: clients get them as JSON-RPC errors with the same status, message
+/// and headers.
+async fn as_rpc_error(response: Response) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let text = to_bytes(body, 4096)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+        .unwrap_or_default();
+    let mut answer = rpc_error(parts.status, -32600, &text);
+    parts.headers.remove(header::CONTENT_TYPE);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    answer.headers_mut().extend(parts.headers);
+    answer
+}
+
+fn is_json_or_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/event-stream"))
 }
 
 fn with_header(mut response: Response, name: header::HeaderName, value: &str) -> Response {
@@ -196,7 +220,10 @@ pub async fn gate(State(gate): State<Arc<Gate>>, request: Request, next: Next) -
     if let Some(id) = &session_id {
         if gate.sessions.check(id, principal) == SessionCheck::Foreign {
             // Identical to rmcp's answer for an unknown session: the id reveals nothing.
-            return (StatusCode::NOT_FOUND, "Not Found: Session not found").into_response();
+            return as_rpc_error(
+                (StatusCode::NOT_FOUND, "Not Found: Session not found").into_response(),
+            )
+            .await;
         }
     }
 
@@ -285,6 +312,10 @@ pub async fn gate(State(gate): State<Arc<Gate>>, request: Request, next: Next) -
                 "Invalid Request: the body is not a JSON-RPC request, notification or response",
             ),
         };
+    }
+
+    if response.status().is_client_error() && !is_json_or_sse(response.headers()) {
+        return as_rpc_error(response).await;
     }
 
     if response.status().is_success() {

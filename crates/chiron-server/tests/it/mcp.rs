@@ -222,6 +222,11 @@ async fn sessions_belong_to_the_principal_that_opened_them() {
         as_bob.text, unknown.text,
         "a foreign session must look like a missing one"
     );
+    assert_eq!(unknown.headers["content-type"], "application/json");
+    assert_eq!(
+        unknown.json()["error"]["message"],
+        "Not Found: Session not found"
+    );
 
     let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
     let accepted = Post::new(Some(&alice), initialized)
@@ -328,6 +333,28 @@ async fn malformed_bodies_get_json_rpc_errors() {
         );
         assert_eq!(error(&invalid), Some(-32600), "{body}: {}", invalid.text);
     }
+    // rmcp's plain-text refusals arrive as JSON-RPC errors with their status.
+    let no_session = Post::new(
+        Some(&alice),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    )
+    .send(&app)
+    .await;
+    assert_eq!(
+        no_session.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        no_session.text
+    );
+    assert_eq!(error(&no_session), Some(-32600), "{}", no_session.text);
+    assert!(
+        no_session.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Session ID"),
+        "{}",
+        no_session.text
+    );
     // A body of another media type is still answered 415.
     let text = Post::new(Some(&alice), initialize())
         .header("content-type", "text/plain")
