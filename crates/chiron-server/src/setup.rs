@@ -171,6 +171,40 @@ pub async fn demo_token(auth: &AuthService) -> Result<IssuedToken, SetupError> {
     Ok(issued)
 }
 
+/// Takes the data directory for this gateway: runner homes, leftovers of earlier runners and
+/// the pid file belong to one gateway at a time. The lock lasts as long as the returned file
+/// is open (the kernel drops it however the process ends).
+pub fn lock_data_dir(config: &Config) -> Result<std::fs::File, String> {
+    let dir = &config.server.data_dir;
+    let path = dir.join("serve.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|err| format!("cannot open {}: {err}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let pid = std::fs::read_to_string(pid_file(config)).unwrap_or_default();
+            let pid = pid.trim();
+            Err(format!(
+                "another chiron serve{} uses the data directory {}: one gateway per data \
+                 directory (give this one its own server.data_dir)",
+                if pid.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {pid})")
+                },
+                dir.display()
+            ))
+        }
+        Err(std::fs::TryLockError::Error(err)) => {
+            Err(format!("cannot lock {}: {err}", path.display()))
+        }
+    }
+}
+
 /// The file where a serving gateway records its pid, for `chiron tool reload`.
 pub fn pid_file(config: &Config) -> std::path::PathBuf {
     config.server.data_dir.join("chiron.pid")

@@ -18,6 +18,7 @@ const DEMO_STDIO_PACKAGE: &str = "time";
 pub async fn run(mut config: Config, demo: bool) -> anyhow::Result<ExitCode> {
     // Runner homes and the pid file live in the data directory whatever the database is.
     setup::prepare_data_dir(&config).context("preparing the data directory")?;
+    let _data_dir_lock = setup::lock_data_dir(&config).map_err(anyhow::Error::msg)?;
     let dir = demo_tool_dir(&config);
     if demo && tool_dirs(&config).iter().all(|d| *d == dir) {
         // Not in a checkout and nothing configured: the packages built into the binary (files

@@ -26,6 +26,11 @@ async fn demo_serves_health_and_exits_zero_on_sigterm() {
         assert_eq!(response.status(), 200, "{path}");
         assert!(response.headers().contains_key("x-request-id"));
     }
+    // One gateway per data directory: a second one says who holds it, and changes nothing.
+    let second = chiron.command(&["serve"]).output().unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(said.contains("another chiron serve (pid "), "{said}");
     let (code, logs) = server.terminate();
     assert_eq!(code, Some(0), "{logs}");
     assert!(logs.contains("draining"), "{logs}");
