@@ -72,12 +72,24 @@ pub async fn run(config: Config, command: AuditCommand) -> anyhow::Result<ExitCo
                 )
                 .collect();
             lines.sort_by_key(|(at, _)| *at);
+            if lines.is_empty() {
+                eprintln!("no audit events or tool calls yet");
+            }
             for (_, line) in lines {
                 println!("{line}");
             }
         }
         AuditCommand::Egress { call, limit, json } => {
             let rows = store.egress_requests(call.as_deref(), limit).await?;
+            if rows.is_empty() && !json {
+                eprintln!(
+                    "no egress requests recorded{}",
+                    match &call {
+                        Some(call) => format!(" for call {call}"),
+                        None => String::new(),
+                    }
+                );
+            }
             for row in rows {
                 if json {
                     println!("{}", serde_json::to_string(&row)?);

@@ -291,11 +291,39 @@ pub async fn grant(config: Config, command: GrantCommand) -> anyhow::Result<Exit
             println!("removed grant of {} to {label}", args.package);
         }
         GrantCommand::List { package } => {
-            for grant in store.list_grants(package.as_deref()).await? {
+            let grants = store.list_grants(package.as_deref()).await?;
+            if grants.is_empty() {
+                eprintln!("no grants");
+            }
+            let principals: std::collections::HashMap<_, _> = store
+                .list_principals()
+                .await?
+                .into_iter()
+                .map(|p| (p.id, p.display_name))
+                .collect();
+            let groups: std::collections::HashMap<_, _> = store
+                .list_groups()
+                .await?
+                .into_iter()
+                .map(|g| (g.id, g.name))
+                .collect();
+            for grant in grants {
+                // Names first (what people type), ids for the ambiguous cases.
+                let subject = match grant.subject {
+                    GrantSubject::Principal(id) => format!(
+                        "principal {} ({id})",
+                        principals.get(&id).map_or("?", String::as_str)
+                    ),
+                    GrantSubject::Group(id) => format!(
+                        "group {} ({id})",
+                        groups.get(&id).map_or("?", String::as_str)
+                    ),
+                    GrantSubject::Everyone => "everyone".to_owned(),
+                };
                 println!(
-                    "{:<24} {:<60} {}",
+                    "{:<24} {:<64} {}",
                     grant.package,
-                    grant.subject.to_string(),
+                    subject,
                     rfc3339(grant.created_at)
                 );
             }

@@ -189,6 +189,9 @@ fn grants_from_the_command_line() {
     let listed = chiron.ok(&["grant", "list"]);
     assert_eq!(listed.lines().count(), 3, "{listed}");
     assert!(listed.contains("everyone"));
+    // Subjects by name, with the id for the ambiguous cases.
+    assert!(listed.contains("principal alice ("), "{listed}");
+    assert!(listed.contains("group eng ("), "{listed}");
     chiron.ok(&["grant", "remove", "echo", "--principal", "alice"]);
     assert!(!chiron
         .run(&["grant", "remove", "echo", "--principal", "alice"])
