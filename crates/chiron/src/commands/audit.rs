@@ -99,13 +99,16 @@ pub async fn run(config: Config, command: AuditCommand) -> anyhow::Result<ExitCo
                         .format(&time::format_description::well_known::Rfc3339)
                         .unwrap_or_default();
                     println!(
-                        "{at} {} {} {}{} -> {} {} [{}] package={} call={} injected={}",
+                        "{at} {} {} {}{} -> {} {} {}ms out={}B in={}B [{}] package={} call={} injected={}",
                         row.principal_id,
                         row.method,
                         row.host,
                         row.path,
                         row.status,
                         row.outcome,
+                        row.duration_ms,
+                        row.bytes_out,
+                        row.bytes_in,
                         row.runner_id,
                         row.package,
                         row.call_id.as_deref().unwrap_or("-"),

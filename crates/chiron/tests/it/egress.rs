@@ -469,6 +469,13 @@ print(t.recv(4096).decode().splitlines()[0])
     assert!(outcome("denied_address") >= 1, "{egress:?}");
     assert!(outcome("placeholder_refused") >= 2, "{egress:?}");
     assert!(outcome("mismatch") >= 2, "{egress:?}");
+    // The text form shows the outcome, time and sizes of each request.
+    let text = chiron.ok(&["audit", "egress", "--limit", "200"]);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("-> 200 ok ") && l.contains("ms out=") && l.contains("B in=")),
+        "{text}"
+    );
     let calls: Vec<Value> = chiron
         .ok(&["audit", "search", "--json", "--tool", "github_get_issue"])
         .lines()
