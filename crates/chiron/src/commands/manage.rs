@@ -259,6 +259,18 @@ async fn grant_subject(store: &Store, args: &GrantArgs) -> anyhow::Result<(Grant
     Ok((GrantSubject::Everyone, "everyone".to_owned()))
 }
 
+/// Every principal's display name by id, for listings that show owners.
+pub async fn principal_names(
+    store: &Store,
+) -> anyhow::Result<std::collections::HashMap<chiron_core::PrincipalId, String>> {
+    Ok(store
+        .list_principals()
+        .await?
+        .into_iter()
+        .map(|p| (p.id, p.display_name))
+        .collect())
+}
+
 pub async fn grant(config: Config, command: GrantCommand) -> anyhow::Result<ExitCode> {
     let (store, _auth) = open(&config).await?;
     match command {
@@ -295,12 +307,7 @@ pub async fn grant(config: Config, command: GrantCommand) -> anyhow::Result<Exit
             if grants.is_empty() {
                 eprintln!("no grants");
             }
-            let principals: std::collections::HashMap<_, _> = store
-                .list_principals()
-                .await?
-                .into_iter()
-                .map(|p| (p.id, p.display_name))
-                .collect();
+            let principals = principal_names(&store).await?;
             let groups: std::collections::HashMap<_, _> = store
                 .list_groups()
                 .await?

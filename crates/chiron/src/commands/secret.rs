@@ -57,12 +57,7 @@ pub async fn run(config: Config, command: SecretCommand) -> anyhow::Result<ExitC
                 Some(text) => Some(super::manage::resolve(&store, &text).await?.id),
                 None => None,
             };
-            let names: std::collections::HashMap<_, _> = store
-                .list_principals()
-                .await?
-                .into_iter()
-                .map(|p| (p.id, p.display_name))
-                .collect();
+            let names = super::manage::principal_names(&store).await?;
             for info in secrets.list(principal).await? {
                 let when = info
                     .updated_at
