@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use async_trait::async_trait;
-use rmcp::model::{CallToolResult, ContentBlock, JsonObject, Tool, ToolAnnotations};
+use rmcp::model::{CallToolResult, ContentBlock, JsonObject, ResultType, Tool, ToolAnnotations};
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -471,10 +471,14 @@ impl ToolCatalog for PackageCatalog {
                 CallToolResult::error(vec![ContentBlock::text(err.to_string())])
             }
         };
-        let result = match self.scrubber.get() {
+        let mut result = match self.scrubber.get() {
             Some(scrubber) => scrubber.scrub(caller.principal.id, result).await,
             None => result,
         };
+        // Results read from a tool (a stdio server of an older protocol, a command's stdout)
+        // may lack `resultType`, which 2026-07-28 clients require; rmcp leaves it out again
+        // for older ones.
+        result.result_type.get_or_insert(ResultType::COMPLETE);
         record.duration_ms = started.elapsed().as_millis() as i64;
         self.audit(record).await;
         Ok(result)

@@ -291,6 +291,26 @@ fn granted_package_tools_run_in_the_principals_sandbox() {
     );
     assert!(results[3]["structuredContent"]["pid"].as_u64().unwrap() < 100);
 
+    // A 2026-07-28 client needs `resultType` on every result, also on those the stdio server
+    // (speaking an older revision) produced, its own errors included.
+    let results = probe(
+        &url,
+        bearer(&alice),
+        "2026-07-28",
+        json!([
+            {"op": "call", "name": "time_get_current_time", "arguments": {"timezone": "Europe/Paris"}},
+            {"op": "call", "name": "time_get_current_time", "arguments": {"timezone": "Mars/Olympus"}},
+        ]),
+    );
+    assert_eq!(results[0]["isError"], false, "{results:?}");
+    assert_eq!(results[1]["isError"], true, "{results:?}");
+    assert!(
+        results[1]["content"][0]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("Mars/Olympus")),
+        "{results:?}"
+    );
+
     // Bob sees only whoami, and alice's tool looks exactly like a made-up one.
     let results = probe(
         &url,
@@ -321,12 +341,12 @@ fn granted_package_tools_run_in_the_principals_sandbox() {
         .find_map(|l| l.strip_prefix("chiron_runner_call_duration_seconds_count "))
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or(0);
-    // Seven calls reached a runner (the two with invalid arguments never did).
-    assert_eq!(count, 7, "{metrics}");
+    // Nine calls reached a runner (the two with invalid arguments never did).
+    assert_eq!(count, 9, "{metrics}");
 
     let (code, logs) = server.terminate();
     assert_eq!(code, Some(0));
-    // Alice's seven calls started one runner, reused after.
+    // Alice's nine calls started one runner, reused after.
     let created: Vec<&str> = logs
         .lines()
         .filter(|l| l.contains("persistent_tool_runner_created"))
@@ -342,7 +362,7 @@ fn granted_package_tools_run_in_the_principals_sandbox() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(calls.len(), 11, "{audit}");
+    assert_eq!(calls.len(), 13, "{audit}");
     // Newest first in the audit; oldest first here.
     let outcomes: Vec<&str> = calls
         .iter()
@@ -361,6 +381,8 @@ fn granted_package_tools_run_in_the_principals_sandbox() {
             "tool_error",
             "timeout",
             "ok",
+            "ok",
+            "tool_error",
             "unknown_tool",
             "unknown_tool"
         ]
