@@ -55,7 +55,8 @@ impl tower::Service<axum::extract::Request> for Shared {
     }
 }
 
-fn is_loopback(host: &str) -> bool {
+/// Whether `host` (as a URL writes it) names this machine's loopback interface.
+pub fn is_loopback(host: &str) -> bool {
     matches!(host, "localhost" | "127.0.0.1" | "[::1]" | "::1")
 }
 

@@ -99,11 +99,22 @@ async fn as_rpc_error(response: Response) -> Response {
     answer
 }
 
-fn is_json_or_sse(headers: &HeaderMap) -> bool {
+/// The media type of `Content-Type`, without parameters, lower case ("" when absent).
+fn media_type(headers: &HeaderMap) -> String {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/event-stream"))
+        .and_then(|v| v.split(';').next())
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+fn is_json_or_sse(headers: &HeaderMap) -> bool {
+    matches!(
+        media_type(headers).as_str(),
+        "application/json" | "text/event-stream"
+    )
 }
 
 fn with_header(mut response: Response, name: header::HeaderName, value: &str) -> Response {
@@ -229,12 +240,7 @@ pub async fn gate(State(gate): State<Arc<Gate>>, request: Request, next: Next) -
 
     let method = request.method().clone();
     let (mut parts, body) = request.into_parts();
-    let json_body = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"));
+    let json_body = media_type(&parts.headers) == "application/json";
     let mut unparsable = None;
     let mut reservation = None;
     let body = if method == Method::POST {

@@ -17,5 +17,5 @@ pub mod sessions;
 mod endpoint;
 
 pub use catalog::{CatalogError, EmptyCatalog, ToolCatalog};
-pub use endpoint::McpEndpoint;
+pub use endpoint::{is_loopback, McpEndpoint};
 pub use packages::{decl_from_server_tool, OutputScrubber, PackageCatalog};

@@ -139,7 +139,7 @@ pub enum AuditCommand {
     /// hourly); administrative events are kept.
     Prune {
         /// Delete rows older than this instead (e.g. 30d).
-        #[arg(long, value_parser = humantime_duration)]
+        #[arg(long, value_parser = chiron_server::admin::parse_ttl)]
         older_than: Option<std::time::Duration>,
     },
 }
@@ -227,7 +227,7 @@ pub struct AuditSearchArgs {
     #[arg(long)]
     pub action: Option<String>,
     /// Only entries newer than this, e.g. 1h, 7d.
-    #[arg(long, value_parser = humantime_duration)]
+    #[arg(long, value_parser = chiron_server::admin::parse_ttl)]
     pub since: Option<std::time::Duration>,
     /// At most this many.
     #[arg(long, default_value_t = 100)]
@@ -369,7 +369,7 @@ pub struct IssueArgs {
     #[arg(long, default_value = "cli")]
     pub name: String,
     /// Lifetime such as 7d, 12h (default: auth.default_token_ttl).
-    #[arg(long, value_parser = humantime_duration)]
+    #[arg(long, value_parser = chiron_server::admin::parse_ttl)]
     pub ttl: Option<std::time::Duration>,
     /// Scope to grant; repeat for several (mcp:tools, admin). Default: mcp:tools.
     #[arg(long = "scope", value_name = "SCOPE")]
@@ -390,8 +390,4 @@ pub struct RevokeArgs {
     /// Why, for the audit log.
     #[arg(long, default_value = "revoked by operator")]
     pub reason: String,
-}
-
-fn humantime_duration(text: &str) -> Result<std::time::Duration, String> {
-    chiron_server::admin::parse_ttl(text)
 }

@@ -106,12 +106,8 @@ pub async fn run(mut config: Config, demo: bool) -> anyhow::Result<ExitCode> {
         backend = store.backend().as_str(),
         "listening"
     );
-    let host = config.server.public_url.host_str().unwrap_or_default();
-    let loopback_url = host == "localhost"
-        || host
-            .trim_matches(['[', ']'])
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
+    let loopback_url =
+        chiron_mcp::is_loopback(config.server.public_url.host_str().unwrap_or_default());
     if local.ip().is_unspecified() && loopback_url {
         tracing::warn!(
             public_url = %config.server.public_url,
