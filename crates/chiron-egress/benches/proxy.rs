@@ -354,11 +354,17 @@ fn main() {
             "egress benchmark: {requests} sequential requests, then throughput over 1 and {CONCURRENT} connections in {rounds} rounds of {} ms windows",
             window.as_millis()
         );
-        if std::env::var("CHIRON_BENCH_ONLY").as_deref() == Ok("proxy") {
-            // For profiling the proxied path alone.
-            let rps =
-                throughput(&proxied, &url_proxied, window * rounds as u32, CONCURRENT).await;
-            println!("through the proxy only: {rps:.0} req/s");
+        // For profiling one path alone: CHIRON_BENCH_ONLY=direct, proxy or relay.
+        if let Ok(only) = std::env::var("CHIRON_BENCH_ONLY") {
+            let (client, target) = match only.as_str() {
+                "direct" => (&direct, url.as_str()),
+                "proxy" => (&proxied, url_proxied.as_str()),
+                "relay" => (&relayed, url_proxied.as_str()),
+                other => panic!("CHIRON_BENCH_ONLY: direct, proxy or relay, not {other}"),
+            };
+            let connections = common::setting("CHIRON_BENCH_CONNECTIONS", CONCURRENT);
+            let rps = throughput(client, target, window * rounds as u32, connections).await;
+            println!("{only} only, {connections} connection(s): {rps:.0} req/s");
             return;
         }
         let (direct_p50, direct_p99) = latency(&direct, &url, requests).await;

@@ -692,6 +692,16 @@ fn host_of(authority: &str) -> (String, Option<u16>) {
     }
 }
 
+/// Whether `authority` (a `Host` value) names `host` (lowercase), on `port` if it has one.
+fn names_target(authority: &str, host: &str, port: u16) -> bool {
+    match authority.rsplit_once(':') {
+        Some((named, named_port)) if named_port.parse::<u16>().is_ok() => {
+            named.eq_ignore_ascii_case(host) && named_port.parse() == Ok(port)
+        }
+        _ => authority.eq_ignore_ascii_case(host),
+    }
+}
+
 /// The credential in `Proxy-Authorization: Basic base64(chiron:<credential>)`.
 fn credential(request: &Request<Incoming>) -> Option<String> {
     let value = request
@@ -709,37 +719,46 @@ fn credential(request: &Request<Incoming>) -> Option<String> {
     text.split_once(':').map(|(_, secret)| secret.to_owned())
 }
 
-/// Hop-by-hop headers, never forwarded in either direction (plus `Proxy-*`).
+/// Whether `name` is a hop-by-hop header, never forwarded in either direction (plus
+/// `Proxy-*`, which only the proxy reads or writes).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// Removes hop-by-hop headers: those [`is_hop_by_hop`] names and those `Connection` lists.
+/// One pass over the names finds them, so a message without any (the usual case) costs no
+/// lookups.
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
-    use http::header::{
-        CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING,
-        UPGRADE,
-    };
-    if headers.contains_key(CONNECTION) {
-        let listed: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in listed {
-            headers.remove(name);
-        }
+    let mut found: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name))
+        .cloned()
+        .collect();
+    if found.is_empty() {
+        return;
     }
-    const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-    const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-    for name in [
-        CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        PROXY_AUTHORIZATION,
-        PROXY_AUTHENTICATE,
-        TE,
-        TRAILER,
-        TRANSFER_ENCODING,
-        UPGRADE,
-    ] {
+    if found.contains(&http::header::CONNECTION) {
+        found.extend(
+            headers
+                .get_all(http::header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok()),
+        );
+    }
+    for name in found {
         headers.remove(name);
     }
 }
@@ -748,6 +767,9 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
 /// on: the client reads trailers (which come back scrubbed), and gRPC servers refuse requests
 /// without it.
 fn strip_request_hop_by_hop(headers: &mut http::HeaderMap) {
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let wants_trailers = headers
         .get_all(http::header::TE)
         .iter()
@@ -910,7 +932,7 @@ impl Audit {
                     .map(|c| c.process.package.clone())
                     .unwrap_or_default(),
                 call_id: caller.and_then(|c| c.process.call_id.clone()),
-                method: method.to_string(),
+                method: method.as_str().to_owned(),
                 host,
                 path: path.to_owned(),
                 status: 0,
@@ -1248,10 +1270,7 @@ impl EgressProxy {
                 .get(http::header::HOST)
                 .and_then(|v| v.to_str().ok())
                 .or_else(|| parts.uri.authority().map(|a| a.as_str()));
-            let agrees = named.is_some_and(|authority| {
-                let (named_host, named_port) = host_of(authority);
-                named_host == host && named_port.is_none_or(|p| p == port)
-            });
+            let agrees = named.is_some_and(|authority| names_target(authority, host, port));
             if !agrees {
                 audit.finish(StatusCode::MISDIRECTED_REQUEST, Outcome::Mismatch);
                 return refusal(
@@ -1432,15 +1451,15 @@ impl EgressProxy {
         // Lengths change when values are replaced: the body is delimited anew. A small body of
         // known length is read whole, scrubbed and sent with its new length in one piece (one
         // write to the tool instead of a chunked stream); anything else streams.
-        let whole = parts
-            .headers
-            .remove(http::header::CONTENT_LENGTH)
+        let length = parts.headers.remove(http::header::CONTENT_LENGTH);
+        let whole = length
+            .as_ref()
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
             .filter(|len| *len <= WHOLE_BODY_LIMIT)
             .is_some()
             && has_body
             && !gunzip;
-        if whole {
+        if let (true, Some(length)) = (whole, length) {
             let received = match body.collect().await {
                 Ok(collected) => collected.to_bytes(),
                 Err(err) => {
@@ -1449,16 +1468,17 @@ impl EgressProxy {
                 }
             };
             audit.record.bytes_in = received.len() as i64;
-            let clean = if !patterns.is_empty() && patterns.found_in(&received) {
-                Bytes::from(patterns.scrub(&received))
+            // Unchanged, the body keeps the length it came with (hyper held the upstream to it).
+            let (clean, length) = if !patterns.is_empty() && patterns.found_in(&received) {
+                let scrubbed = patterns.scrub(&received);
+                let length = HeaderValue::from(scrubbed.len());
+                (Bytes::from(scrubbed), length)
             } else {
-                received
+                (received, length)
             };
             audit.record.bytes_out = sent.load(std::sync::atomic::Ordering::Relaxed) as i64;
             audit.finish(parts.status, Outcome::Ok);
-            parts
-                .headers
-                .insert(http::header::CONTENT_LENGTH, HeaderValue::from(clean.len()));
+            parts.headers.insert(http::header::CONTENT_LENGTH, length);
             return Response::from_parts(
                 parts,
                 Full::new(clean).map_err(|never| match never {}).boxed(),
@@ -1569,12 +1589,12 @@ fn inject(
             };
             let (header, text) = match &secret.injection {
                 Injection::Header { header, template } => {
-                    (header.clone(), template.replace("{value}", value))
+                    (header.as_str(), template.replace("{value}", value))
                 }
                 Injection::Basic { username } => {
                     let pair = format!("{username}:{}", value.as_str());
                     (
-                        "authorization".to_owned(),
+                        "authorization",
                         format!(
                             "Basic {}",
                             base64::engine::general_purpose::STANDARD.encode(pair)
@@ -1904,6 +1924,51 @@ mod tests {
         assert!(in_network("10.9.9.9".parse().unwrap(), net));
         assert!(parse_network("10.0.0.0/33").is_err());
         assert!(parse_network("nope").is_err());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_lists_are_removed() {
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, x-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-hop", "1"),
+            ("proxy-authorization", "Basic eA=="),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip, trailers"),
+            ("accept", "*/*"),
+            ("x-end-to-end", "2"),
+        ] {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+        let mut response = headers.clone();
+        strip_hop_by_hop(&mut response);
+        let mut left: Vec<&str> = response.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "x-end-to-end"]);
+        // A request keeps `TE: trailers` alone.
+        strip_request_hop_by_hop(&mut headers);
+        assert_eq!(headers.get("te").unwrap(), "trailers");
+        assert_eq!(headers.len(), 3);
+        // Nothing to strip: nothing changes.
+        let mut plain = http::HeaderMap::new();
+        plain.insert("accept", HeaderValue::from_static("*/*"));
+        strip_request_hop_by_hop(&mut plain);
+        assert_eq!(plain.len(), 1);
+    }
+
+    #[test]
+    fn host_headers_are_matched_against_the_target() {
+        assert!(names_target("API.example.com", "api.example.com", 443));
+        assert!(names_target("api.example.com:443", "api.example.com", 443));
+        assert!(!names_target(
+            "api.example.com:8443",
+            "api.example.com",
+            443
+        ));
+        assert!(!names_target("other.example.com", "api.example.com", 443));
+        assert!(names_target("[::1]:8443", "[::1]", 8443));
+        assert!(!names_target("api.example.com:x", "api.example.com", 443));
     }
 
     #[test]
