@@ -4,9 +4,16 @@
 //! waits until everything handed over so far is stored. Lingering makes a steady trickle of
 //! calls cost one storage write per batch instead of one per row; the price is that a row
 //! reaches storage up to [`LINGER`] later (shutdown flushes; a crash loses at most that).
+//!
+//! A batch that storage refuses is kept and tried again, with a growing pause, for up to
+//! [`RETRY_FOR`]: a database restarting or failing over loses no rows. Rows that arrive
+//! meanwhile wait in the queue. Only a batch still refused after that is dropped (and logged
+//! with its size); until a write succeeds again, later batches are tried once each, so that a
+//! database that stays down cannot hold shutdown for [`RETRY_FOR`] per batch.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -16,7 +23,14 @@ use crate::StoreError;
 pub const MAX_BATCH: usize = 512;
 
 /// How long the writer waits for more rows after the first of a batch.
-pub const LINGER: std::time::Duration = std::time::Duration::from_millis(50);
+pub const LINGER: Duration = Duration::from_millis(50);
+
+/// How long a refused batch is tried again before it is dropped.
+pub const RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// The first pause before a refused batch is tried again; it doubles up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+const MAX_PAUSE: Duration = Duration::from_secs(5);
 
 enum Message<T> {
     Row(T),
@@ -38,12 +52,13 @@ impl<T> Clone for BatchWriter<T> {
     }
 }
 
-impl<T: Send + 'static> BatchWriter<T> {
-    /// Starts the writer task (needs a Tokio runtime); `write` stores one batch, and `what`
-    /// names the rows in the error log when it fails. The task ends when every handle is gone.
+impl<T: Send + Sync + 'static> BatchWriter<T> {
+    /// Starts the writer task (needs a Tokio runtime); `write` stores one batch (all or
+    /// nothing: it may be called again with the same rows), and `what` names the rows in the
+    /// log when it fails. The task ends when every handle is gone.
     pub fn start<F, Fut>(what: &'static str, write: F) -> Self
     where
-        F: Fn(Vec<T>) -> Fut + Send + 'static,
+        F: Fn(Arc<Vec<T>>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), StoreError>> + Send,
     {
         let (tx, mut rx) = mpsc::unbounded_channel::<Message<T>>();
@@ -52,6 +67,8 @@ impl<T: Send + 'static> BatchWriter<T> {
         tokio::spawn(async move {
             let mut waiting = Vec::new();
             let mut batch = Vec::new();
+            // Whether the last batch was dropped: storage is down, so no long retries.
+            let mut failing = false;
             while let Some(first) = rx.recv().await {
                 let mut next = Some(first);
                 let mut lingered = false;
@@ -79,10 +96,9 @@ impl<T: Send + 'static> BatchWriter<T> {
                     next = rx.try_recv().ok();
                 }
                 if !batch.is_empty() {
-                    let rows = batch.len();
-                    if let Err(err) = write(std::mem::take(&mut batch)).await {
-                        tracing::error!(error = %err, rows, "could not record {what}");
-                    }
+                    let rows = Arc::new(std::mem::take(&mut batch));
+                    let retry_for = if failing { Duration::ZERO } else { RETRY_FOR };
+                    failing = !store_with_retries(what, &write, rows, retry_for).await;
                 }
                 for done in waiting.drain(..) {
                     let _ = done.send(());
@@ -107,8 +123,44 @@ impl<T: Send + 'static> BatchWriter<T> {
     }
 }
 
+/// Stores `rows` with `write`, trying again after a growing pause while storage refuses them,
+/// for up to `retry_for`; false when they were dropped.
+async fn store_with_retries<T, F, Fut>(
+    what: &str,
+    write: &F,
+    rows: Arc<Vec<T>>,
+    retry_for: Duration,
+) -> bool
+where
+    F: Fn(Arc<Vec<T>>) -> Fut,
+    Fut: Future<Output = Result<(), StoreError>>,
+{
+    let deadline = tokio::time::Instant::now() + retry_for;
+    let mut pause = FIRST_PAUSE;
+    loop {
+        let err = match write(rows.clone()).await {
+            Ok(()) => return true,
+            Err(err) => err,
+        };
+        let now = tokio::time::Instant::now();
+        if now + pause > deadline {
+            tracing::error!(error = %err, rows = rows.len(), "could not record {what}: dropped");
+            return false;
+        }
+        tracing::warn!(
+            error = %err,
+            rows = rows.len(),
+            "could not record {what}: trying again in {} ms",
+            pause.as_millis()
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MAX_PAUSE);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
     use super::BatchWriter;
@@ -118,7 +170,7 @@ mod tests {
         let batches = Arc::new(Mutex::new(Vec::<Vec<u32>>::new()));
         let seen = batches.clone();
         let writer = BatchWriter::start("numbers", move |rows| {
-            seen.lock().unwrap().push(rows);
+            seen.lock().unwrap().push(rows.to_vec());
             async { Ok(()) }
         });
         for row in 1..=3 {
@@ -137,7 +189,7 @@ mod tests {
         let stored = Arc::new(Mutex::new(Some(stored)));
         let writer = BatchWriter::start("numbers", move |rows| {
             if let Some(stored) = stored.lock().unwrap().take() {
-                let _ = stored.send(rows);
+                let _ = stored.send(rows.to_vec());
             }
             async { Ok(()) }
         });
@@ -149,5 +201,82 @@ mod tests {
         writer.write(2);
         // The paused clock jumps to the end of the linger once every task waits.
         assert_eq!(first_batch.await.unwrap(), vec![1, 2]);
+    }
+
+    /// A storage stand-in that refuses a write while `down` and keeps what it stored.
+    #[derive(Clone, Default)]
+    struct Flaky {
+        stored: Arc<Mutex<Vec<Vec<u32>>>>,
+        attempts: Arc<AtomicUsize>,
+        down: Arc<AtomicBool>,
+    }
+
+    impl Flaky {
+        fn down() -> Self {
+            let flaky = Self::default();
+            flaky.down.store(true, Ordering::SeqCst);
+            flaky
+        }
+
+        fn write(&self, rows: &[u32]) -> std::future::Ready<Result<(), crate::StoreError>> {
+            self.attempts.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(if self.down.load(Ordering::SeqCst) {
+                Err(crate::StoreError::NotFound("database"))
+            } else {
+                self.stored.lock().unwrap().push(rows.to_vec());
+                Ok(())
+            })
+        }
+
+        fn attempts(&self) -> usize {
+            self.attempts.load(Ordering::SeqCst)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_batch_is_tried_again_and_stored_once_storage_is_back() {
+        let storage = Flaky::down();
+        // Storage comes back at the writer's fourth try.
+        let store = storage.clone();
+        let writer = BatchWriter::start("numbers", move |rows| {
+            if store.attempts() == 3 {
+                store.down.store(false, Ordering::SeqCst);
+            }
+            store.write(&rows)
+        });
+        for row in 1..=3 {
+            writer.write(row);
+        }
+        writer.flush().await;
+        assert_eq!(*storage.stored.lock().unwrap(), vec![vec![1, 2, 3]]);
+        assert_eq!(storage.attempts(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn storage_that_stays_down_costs_one_retry_period_not_one_per_batch() {
+        let storage = Flaky::down();
+        let store = storage.clone();
+        let writer = BatchWriter::start("numbers", move |rows| store.write(&rows));
+        writer.write(1);
+        let started = tokio::time::Instant::now();
+        writer.flush().await;
+        // Tried again and again for the retry period, then dropped.
+        assert!(started.elapsed() >= super::RETRY_FOR - super::MAX_PAUSE);
+        assert!(storage.attempts() > 2);
+        // The next batch, with storage still down, is tried once.
+        let before = storage.attempts();
+        writer.write(2);
+        writer.flush().await;
+        assert_eq!(storage.attempts(), before + 1);
+        // Once storage is back, rows are stored, and a later refusal is retried again.
+        storage.down.store(false, Ordering::SeqCst);
+        writer.write(3);
+        writer.flush().await;
+        assert_eq!(*storage.stored.lock().unwrap(), vec![vec![3]]);
+        storage.down.store(true, Ordering::SeqCst);
+        let before = storage.attempts();
+        writer.write(4);
+        writer.flush().await;
+        assert!(storage.attempts() > before + 1);
     }
 }

@@ -231,10 +231,13 @@ pub async fn run(mut config: Config, demo: bool) -> anyhow::Result<ExitCode> {
         task.abort();
         let _ = task.await;
     }
-    tools.catalog.flush_audit().await;
-    if let Some(egress) = &egress {
-        egress.proxy.flush_audit().await;
-    }
+    // Both audit writers at once: with storage down, each tries its last rows again for up
+    // to the retry period before dropping them.
+    tokio::join!(tools.catalog.flush_audit(), async {
+        if let Some(egress) = &egress {
+            egress.proxy.flush_audit().await;
+        }
+    });
     // Last: the runners have stopped, so nothing is left on the HTTP threads.
     http.stop().await;
     let _ = std::fs::remove_file(&pid_file);
