@@ -542,6 +542,7 @@ impl EgressProxy {
                 .collect(),
             bytes_out: counters.bytes_out.load(Ordering::Relaxed),
             bytes_in: counters.bytes_in.load(Ordering::Relaxed),
+            audit_dropped: self.inner.audit.writer.dropped(),
         }
     }
 
@@ -896,6 +897,8 @@ pub struct EgressCounts {
     pub bytes_out: u64,
     /// Response body bytes received from upstream.
     pub bytes_in: u64,
+    /// Audit rows dropped because storage could not take them (see `chiron_store::batch`).
+    pub audit_dropped: u64,
 }
 
 /// Where finished audit rows go: the batch writer, and the counters.

@@ -42,6 +42,11 @@ pub trait ToolCatalog: Send + Sync + 'static {
 
     /// Announces that visible tools may have changed (called after grant changes).
     fn notify_changed(&self) {}
+
+    /// Call audit rows dropped since the start because storage could not take them.
+    fn audit_dropped(&self) -> u64 {
+        0
+    }
 }
 
 /// A catalog with no tools: only the built-ins are served.

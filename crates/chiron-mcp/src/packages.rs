@@ -350,6 +350,10 @@ impl ToolCatalog for PackageCatalog {
         self.bump();
     }
 
+    fn audit_dropped(&self) -> u64 {
+        self.audit.dropped()
+    }
+
     async fn list_tools(&self, caller: &Authenticated) -> Result<Vec<Tool>, CatalogError> {
         let granted = self.granted(caller).await?;
         let loaded = self.snapshot();

@@ -36,6 +36,11 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabels {
+    table: &'static str,
+}
+
 /// The app's metric families and their registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -52,6 +57,7 @@ pub struct Metrics {
     egress_requests: Family<OutcomeLabels, Gauge>,
     egress_bytes_out: Gauge,
     egress_bytes_in: Gauge,
+    audit_dropped: Family<TableLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -128,6 +134,13 @@ impl Metrics {
             "egress_bytes_in",
             "Response body bytes the egress proxy received from upstream",
         );
+        let audit_dropped = Family::<TableLabels, Gauge>::default();
+        registry.register(
+            "audit_rows_dropped",
+            "Audit rows dropped since the gateway started because storage could not take them, \
+             by table",
+            audit_dropped.clone(),
+        );
         let runner_call_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         registry.register(
             "runner_call_duration_seconds",
@@ -148,7 +161,15 @@ impl Metrics {
             egress_requests,
             egress_bytes_out,
             egress_bytes_in,
+            audit_dropped,
         }
+    }
+
+    /// Copies the audit writers' dropped-row counts into the gauges (done at scrape time).
+    pub fn observe_audit(&self, table: &'static str, dropped: u64) {
+        self.audit_dropped
+            .get_or_create(&TableLabels { table })
+            .set(dropped as i64);
     }
 
     /// Copies the egress proxy's counts into the gauges (done at scrape time).
@@ -163,6 +184,7 @@ impl Metrics {
         }
         self.egress_bytes_out.set(counts.bytes_out as i64);
         self.egress_bytes_in.set(counts.bytes_in as i64);
+        self.observe_audit("egress_requests", counts.audit_dropped);
     }
 
     /// Copies the runner pool's state into the gauges (done at scrape time).
@@ -242,6 +264,9 @@ pub async fn handler(State(state): State<AppState>) -> impl IntoResponse {
     if let Some(proxy) = &state.egress {
         state.metrics.observe_egress(proxy);
     }
+    state
+        .metrics
+        .observe_audit("tool_calls", state.catalog.audit_dropped());
     (
         [(
             CONTENT_TYPE,

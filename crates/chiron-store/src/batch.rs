@@ -9,9 +9,13 @@
 //! [`RETRY_FOR`]: a database restarting or failing over loses no rows. Rows that arrive
 //! meanwhile wait in the queue. Only a batch still refused after that is dropped (and logged
 //! with its size); until a write succeeds again, later batches are tried once each, so that a
-//! database that stays down cannot hold shutdown for [`RETRY_FOR`] per batch.
+//! database that stays down cannot hold shutdown for [`RETRY_FOR`] per batch. At most
+//! [`MAX_QUEUED`] rows wait: past that (storage down under heavy traffic) new rows are dropped
+//! rather than memory growing without end. Every dropped row is counted
+//! ([`BatchWriter::dropped`], exported as a metric) and logged.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +28,9 @@ pub const MAX_BATCH: usize = 512;
 
 /// How long the writer waits for more rows after the first of a batch.
 pub const LINGER: Duration = Duration::from_millis(50);
+
+/// Rows waiting for the writer at most (about 300 bytes each).
+pub const MAX_QUEUED: usize = 200_000;
 
 /// How long a refused batch is tried again before it is dropped.
 pub const RETRY_FOR: Duration = Duration::from_secs(30);
@@ -41,6 +48,7 @@ enum Message<T> {
 pub struct BatchWriter<T> {
     tx: mpsc::UnboundedSender<Message<T>>,
     flush_now: Arc<Notify>,
+    counts: Arc<Counts>,
 }
 
 impl<T> Clone for BatchWriter<T> {
@@ -48,8 +56,23 @@ impl<T> Clone for BatchWriter<T> {
         Self {
             tx: self.tx.clone(),
             flush_now: self.flush_now.clone(),
+            counts: self.counts.clone(),
         }
     }
+}
+
+/// What the writer and its handles share.
+struct Counts {
+    /// What the rows are, for the log.
+    what: &'static str,
+    /// Rows handed over and not yet taken by the writer.
+    queued: AtomicUsize,
+    /// At most this many.
+    limit: usize,
+    /// Rows dropped since the start: the queue was full, or storage refused them for good.
+    dropped: AtomicU64,
+    /// Whether the queue is full (logged once each time it fills).
+    full: AtomicBool,
 }
 
 impl<T: Send + Sync + 'static> BatchWriter<T> {
@@ -61,9 +84,26 @@ impl<T: Send + Sync + 'static> BatchWriter<T> {
         F: Fn(Arc<Vec<T>>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), StoreError>> + Send,
     {
+        Self::with_limit(what, MAX_QUEUED, write)
+    }
+
+    /// [`BatchWriter::start`] with at most `limit` rows waiting.
+    fn with_limit<F, Fut>(what: &'static str, limit: usize, write: F) -> Self
+    where
+        F: Fn(Arc<Vec<T>>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), StoreError>> + Send,
+    {
         let (tx, mut rx) = mpsc::unbounded_channel::<Message<T>>();
         let flush_now = Arc::new(Notify::new());
         let flushes = flush_now.clone();
+        let counts = Arc::new(Counts {
+            what,
+            queued: AtomicUsize::new(0),
+            limit,
+            dropped: AtomicU64::new(0),
+            full: AtomicBool::new(false),
+        });
+        let shared = counts.clone();
         tokio::spawn(async move {
             let mut waiting = Vec::new();
             let mut batch = Vec::new();
@@ -75,7 +115,10 @@ impl<T: Send + Sync + 'static> BatchWriter<T> {
                 loop {
                     while let Some(message) = next.take() {
                         match message {
-                            Message::Row(row) => batch.push(row),
+                            Message::Row(row) => {
+                                shared.queued.fetch_sub(1, Ordering::Relaxed);
+                                batch.push(row);
+                            }
                             Message::Flush(done) => waiting.push(done),
                         }
                         if batch.len() < MAX_BATCH {
@@ -98,19 +141,53 @@ impl<T: Send + Sync + 'static> BatchWriter<T> {
                 if !batch.is_empty() {
                     let rows = Arc::new(std::mem::take(&mut batch));
                     let retry_for = if failing { Duration::ZERO } else { RETRY_FOR };
+                    let count = rows.len() as u64;
                     failing = !store_with_retries(what, &write, rows, retry_for).await;
+                    if failing {
+                        shared.dropped.fetch_add(count, Ordering::Relaxed);
+                    }
+                }
+                if shared.queued.load(Ordering::Relaxed) < shared.limit {
+                    shared.full.store(false, Ordering::Relaxed);
                 }
                 for done in waiting.drain(..) {
                     let _ = done.send(());
                 }
             }
         });
-        Self { tx, flush_now }
+        Self {
+            tx,
+            flush_now,
+            counts,
+        }
     }
 
-    /// Queues one row; false when the writer is gone.
+    /// Queues one row; false when it was dropped: the queue is full, or the writer is gone.
     pub fn write(&self, row: T) -> bool {
-        self.tx.send(Message::Row(row)).is_ok()
+        let counts = &*self.counts;
+        if counts.queued.fetch_add(1, Ordering::Relaxed) >= counts.limit {
+            counts.queued.fetch_sub(1, Ordering::Relaxed);
+            counts.dropped.fetch_add(1, Ordering::Relaxed);
+            if !counts.full.swap(true, Ordering::Relaxed) {
+                tracing::error!(
+                    limit = counts.limit,
+                    "could not record {}: {} rows wait for storage already, new ones are dropped",
+                    counts.what,
+                    counts.limit
+                );
+            }
+            return false;
+        }
+        if self.tx.send(Message::Row(row)).is_ok() {
+            return true;
+        }
+        counts.queued.fetch_sub(1, Ordering::Relaxed);
+        false
+    }
+
+    /// Rows dropped since the writer started (see the module documentation).
+    pub fn dropped(&self) -> u64 {
+        self.counts.dropped.load(Ordering::Relaxed)
     }
 
     /// Waits until every row queued so far is stored (or its batch failed and was logged).
@@ -263,6 +340,7 @@ mod tests {
         // Tried again and again for the retry period, then dropped.
         assert!(started.elapsed() >= super::RETRY_FOR - super::MAX_PAUSE);
         assert!(storage.attempts() > 2);
+        assert_eq!(writer.dropped(), 1);
         // The next batch, with storage still down, is tried once.
         let before = storage.attempts();
         writer.write(2);
@@ -278,5 +356,23 @@ mod tests {
         writer.write(4);
         writer.flush().await;
         assert!(storage.attempts() > before + 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_drops_new_rows_and_counts_them() {
+        let storage = Flaky::default();
+        let store = storage.clone();
+        let writer = BatchWriter::with_limit("numbers", 3, move |rows| store.write(&rows));
+        // Nothing yields in between: the writer has not taken any row yet.
+        let queued: Vec<bool> = (1..=5).map(|row| writer.write(row)).collect();
+        assert_eq!(queued, [true, true, true, false, false]);
+        assert_eq!(writer.dropped(), 2);
+        writer.flush().await;
+        assert_eq!(*storage.stored.lock().unwrap(), vec![vec![1, 2, 3]]);
+        // Taken by the writer, the rows left room for more.
+        assert!(writer.write(6));
+        writer.flush().await;
+        assert_eq!(storage.stored.lock().unwrap().last(), Some(&vec![6]));
+        assert_eq!(writer.dropped(), 2);
     }
 }

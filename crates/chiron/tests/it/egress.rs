@@ -453,6 +453,11 @@ print(t.recv(4096).decode().splitlines()[0])
         "{metrics}"
     );
     assert_eq!(counted("secrets_unavailable"), 0, "{metrics}");
+    // Storage took every audit row.
+    for table in ["egress_requests", "tool_calls"] {
+        let line = format!("chiron_audit_rows_dropped{{table=\"{table}\"}} 0");
+        assert!(metrics.lines().any(|l| l == line), "no {line} in {metrics}");
+    }
 
     let (code, logs) = server.terminate();
     assert_eq!(code, Some(0));
