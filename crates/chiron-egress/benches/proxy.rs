@@ -18,6 +18,8 @@
 //!
 //! Run: `cargo bench -p chiron-egress --bench proxy`; `CHIRON_BENCH_REQUESTS` (default 2000),
 //! `CHIRON_BENCH_ROUNDS` (default 12) and `CHIRON_BENCH_WINDOW_MS` (default 500) adjust it.
+//! For profiling, `CHIRON_BENCH_ONLY=direct|proxy|relay` runs one path alone, for rounds ×
+//! window, over `CHIRON_BENCH_CONNECTIONS` connections (default 16).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
