@@ -815,6 +815,14 @@ fn shown_host(host: &str, port: u16, tls: bool) -> String {
     }
 }
 
+/// Why [`EgressProxy::host_allowed`] refused a target.
+enum HostRefused {
+    /// No granted package declares it: 403.
+    Undeclared(String),
+    /// Storage could not say: 503.
+    GrantsUnavailable(String),
+}
+
 /// How an egress request ended, as its audit row and the metrics name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -840,7 +848,8 @@ pub enum Outcome {
     SecretsUnavailable,
     /// A protocol upgrade (WebSocket).
     Unsupported,
-    /// The proxy itself failed (a leaf certificate could not be made).
+    /// The proxy itself failed (a leaf certificate could not be made, storage could not be
+    /// read).
     ProxyError,
 }
 
@@ -968,12 +977,12 @@ impl Audit {
 
 impl EgressProxy {
     /// Identifies the sender: on a runner's listener by the process credential, on the shared
-    /// listener by a stored egress credential (unrevoked).
+    /// listener by a stored egress credential (unrevoked). `Err` when storage could not say.
     async fn identify(
         &self,
         origin: Origin,
         request: &Request<Incoming>,
-    ) -> (Arc<RunnerEgress>, Option<Caller>) {
+    ) -> Result<(Arc<RunnerEgress>, Option<Caller>), String> {
         match origin {
             Origin::Runner(runner) => {
                 let caller = credential(request)
@@ -982,7 +991,7 @@ impl EgressProxy {
                         runner: runner.clone(),
                         process,
                     });
-                (runner, caller)
+                Ok((runner, caller))
             }
             Origin::Shared => {
                 let found = match credential(request) {
@@ -991,10 +1000,13 @@ impl EgressProxy {
                         .store
                         .find_egress_credential(&credential_hash(&secret))
                         .await
-                        .unwrap_or_else(|err| {
+                        .map_err(|err| {
                             tracing::warn!(error = %err, "egress credential lookup failed");
-                            None
-                        }),
+                            format!(
+                                "the credential could not be checked ({err}); nothing is \
+                                 forwarded"
+                            )
+                        })?,
                     None => None,
                 };
                 match found {
@@ -1011,23 +1023,47 @@ impl EgressProxy {
                                 call_id: None,
                             },
                         };
-                        (runner, Some(caller))
+                        Ok((runner, Some(caller)))
                     }
-                    None => (
-                        Arc::new(RunnerEgress {
-                            runner_id: String::new(),
-                            principal: PrincipalId(uuid::Uuid::nil()),
-                            credentials: Arc::default(),
-                        }),
-                        None,
-                    ),
+                    None => Ok((Self::unknown_runner(), None)),
                 }
             }
         }
     }
 
+    /// Who sent a request that names no known runner, as its audit row shows it.
+    fn unknown_runner() -> Arc<RunnerEgress> {
+        Arc::new(RunnerEgress {
+            runner_id: String::new(),
+            principal: PrincipalId(uuid::Uuid::nil()),
+            credentials: Arc::default(),
+        })
+    }
+
     async fn handle(&self, origin: Origin, request: Request<Incoming>) -> Response<ProxyBody> {
-        let (runner, caller) = self.identify(origin, &request).await;
+        let (runner, caller) = match self.identify(origin, &request).await {
+            Ok(identified) => identified,
+            Err(details) => {
+                let runner = Self::unknown_runner();
+                let audit = Audit::new(
+                    &self.inner.audit,
+                    None,
+                    &runner,
+                    request.method(),
+                    request
+                        .uri()
+                        .authority()
+                        .map_or_else(String::new, |a| a.as_str().to_ascii_lowercase()),
+                    "",
+                );
+                audit.finish(StatusCode::SERVICE_UNAVAILABLE, Outcome::ProxyError);
+                return refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "proxy_internal_error",
+                    &details,
+                );
+            }
+        };
         let is_connect = request.method() == Method::CONNECT;
         let (host, port) = if is_connect {
             host_of(request.uri().authority().map_or("", |a| a.as_str()))
@@ -1075,9 +1111,21 @@ impl EgressProxy {
                 "send CONNECT for https, or an absolute http:// URL",
             );
         }
-        if let Err(details) = self.host_allowed(&caller, &host, port, is_connect).await {
-            audit.finish(StatusCode::FORBIDDEN, Outcome::DeniedHost);
-            return refusal(StatusCode::FORBIDDEN, "http_request_denied", &details);
+        match self.host_allowed(&caller, &host, port, is_connect).await {
+            Ok(()) => {}
+            Err(HostRefused::Undeclared(details)) => {
+                audit.finish(StatusCode::FORBIDDEN, Outcome::DeniedHost);
+                return refusal(StatusCode::FORBIDDEN, "http_request_denied", &details);
+            }
+            // Storage failing is not a policy answer: the tool may try again.
+            Err(HostRefused::GrantsUnavailable(details)) => {
+                audit.finish(StatusCode::SERVICE_UNAVAILABLE, Outcome::ProxyError);
+                return refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "proxy_internal_error",
+                    &details,
+                );
+            }
         }
         if !is_connect {
             return self
@@ -1117,14 +1165,19 @@ impl EgressProxy {
         host: &str,
         port: u16,
         tls: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), HostRefused> {
         let packages = self.packages();
         let granted = self
             .inner
             .store
             .granted_packages(caller.runner.principal)
             .await
-            .map_err(|e| format!("grants unavailable: {e}"))?;
+            .map_err(|e| {
+                tracing::warn!(error = %e, "egress grants lookup failed");
+                HostRefused::GrantsUnavailable(format!(
+                    "the principal's grants could not be read ({e}); nothing is forwarded"
+                ))
+            })?;
         let entries = || {
             granted
                 .iter()
@@ -1135,15 +1188,15 @@ impl EgressProxy {
         if entries().any(|h| h.allows_port(port, tls)) {
             Ok(())
         } else if entries().next().is_some() {
-            Err(format!(
+            Err(HostRefused::Undeclared(format!(
                 "port {port} of {host} is not declared by any package granted to this principal \
                  (a package lists other ports than {} in egress.hosts[].ports)",
                 standard_port(tls)
-            ))
+            )))
         } else {
-            Err(format!(
+            Err(HostRefused::Undeclared(format!(
                 "{host} is not declared by any package granted to this principal"
-            ))
+            )))
         }
     }
 

@@ -313,6 +313,66 @@ async fn a_credential_is_refused_on_another_runners_listener() {
         .any(|r| r.outcome == "unauthenticated" && r.runner_id == "runner-b"));
 }
 
+#[tokio::test]
+async fn storage_that_cannot_answer_is_a_503_not_a_refusal() {
+    let (db, _guard) = store(Backend::Sqlite).await;
+    let (_dir, ca, secrets) = proxy_parts(&db);
+    let proxy = EgressProxy::new(db.clone(), secrets, ca, EgressSettings::default()).unwrap();
+    let stop = CancellationToken::new();
+    let principal = db.create_principal("alice").await.unwrap().id;
+    // A runner's listener, and the shared listener with a stored credential.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let runner_addr = listener.local_addr().unwrap();
+    let runner = Arc::new(RunnerEgress {
+        runner_id: "runner-a".into(),
+        principal,
+        credentials: Arc::new(Credentials::default()),
+    });
+    proxy.serve(runner.clone(), listener, stop.clone());
+    let guard = runner.credentials.issue(ProcessIdentity {
+        package: "github".into(),
+        call_id: None,
+    });
+    let runner_credential = guard
+        .proxy_url()
+        .trim_start_matches("http://chiron:")
+        .split('@')
+        .next()
+        .unwrap()
+        .to_owned();
+    let shared = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let shared_addr = shared.local_addr().unwrap();
+    let serving = proxy.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = shared.accept().await {
+            let proxy = serving.clone();
+            tokio::spawn(async move { proxy.serve_shared_connection(stream).await });
+        }
+    });
+    let standalone = chiron_egress::proxy::new_credential();
+    db.insert_egress_credential(
+        &chiron_egress::proxy::credential_hash(&standalone),
+        principal,
+        "runner-s",
+        "github",
+    )
+    .await
+    .unwrap();
+
+    db.close().await;
+    for (addr, credential) in [
+        (runner_addr, &runner_credential),
+        (shared_addr, &standalone),
+    ] {
+        let answer = connect_request(addr, credential, "api.github.com:443").await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains("error=proxy_internal_error"), "{answer}");
+        assert!(answer.contains("nothing is forwarded"), "{answer}");
+    }
+    stop.cancel();
+    drop(guard);
+}
+
 /// What a test upstream received: each request's `Authorization` and query.
 type Seen = Arc<std::sync::Mutex<Vec<(String, String)>>>;
 
