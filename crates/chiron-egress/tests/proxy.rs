@@ -246,6 +246,29 @@ fn proxy_parts(
     (dir, ca, secrets)
 }
 
+/// A proxy with default settings over a fresh SQLite store (kept while the guard and the
+/// directory live).
+async fn plain_proxy() -> (
+    chiron_store::Store,
+    chiron_store::testing::TestDb,
+    tempfile::TempDir,
+    EgressProxy,
+) {
+    let (db, guard) = store(Backend::Sqlite).await;
+    let (dir, ca, secrets) = proxy_parts(&db);
+    let proxy = EgressProxy::new(db.clone(), secrets, ca, EgressSettings::default()).unwrap();
+    (db, guard, dir, proxy)
+}
+
+/// The credential in a runner process's proxy URL (`http://chiron:<credential>@host:port`).
+fn credential_in(proxy_url: &str) -> &str {
+    proxy_url
+        .trim_start_matches("http://chiron:")
+        .split('@')
+        .next()
+        .unwrap()
+}
+
 /// The proxy's answer to `CONNECT target` with `credential`.
 async fn connect_request(addr: std::net::SocketAddr, credential: &str, target: &str) -> String {
     use base64::Engine;
@@ -265,9 +288,7 @@ async fn connect_request(addr: std::net::SocketAddr, credential: &str, target: &
 
 #[tokio::test]
 async fn a_credential_is_refused_on_another_runners_listener() {
-    let (db, _guard) = store(Backend::Sqlite).await;
-    let (_dir, ca, secrets) = proxy_parts(&db);
-    let proxy = EgressProxy::new(db.clone(), secrets, ca, EgressSettings::default()).unwrap();
+    let (db, _guard, _dir, proxy) = plain_proxy().await;
     let stop = CancellationToken::new();
     let mut listeners = Vec::new();
     let mut runners = Vec::new();
@@ -287,12 +308,7 @@ async fn a_credential_is_refused_on_another_runners_listener() {
         call_id: Some("call-1".into()),
     });
     let url = guard.proxy_url();
-    let credential = url
-        .trim_start_matches("http://chiron:")
-        .split('@')
-        .next()
-        .unwrap()
-        .to_owned();
+    let credential = credential_in(&url).to_owned();
     // On its own runner's listener the credential is known (the host is then refused: no
     // package declares it for this principal).
     let own = connect_request(listeners[0], &credential, "api.github.com:443").await;
@@ -315,9 +331,7 @@ async fn a_credential_is_refused_on_another_runners_listener() {
 
 #[tokio::test]
 async fn storage_that_cannot_answer_is_a_503_not_a_refusal() {
-    let (db, _guard) = store(Backend::Sqlite).await;
-    let (_dir, ca, secrets) = proxy_parts(&db);
-    let proxy = EgressProxy::new(db.clone(), secrets, ca, EgressSettings::default()).unwrap();
+    let (db, _guard, _dir, proxy) = plain_proxy().await;
     let stop = CancellationToken::new();
     let principal = db.create_principal("alice").await.unwrap().id;
     // A runner's listener, and the shared listener with a stored credential.
@@ -333,13 +347,7 @@ async fn storage_that_cannot_answer_is_a_503_not_a_refusal() {
         package: "github".into(),
         call_id: None,
     });
-    let runner_credential = guard
-        .proxy_url()
-        .trim_start_matches("http://chiron:")
-        .split('@')
-        .next()
-        .unwrap()
-        .to_owned();
+    let runner_credential = credential_in(&guard.proxy_url()).to_owned();
     let shared = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let shared_addr = shared.local_addr().unwrap();
     let serving = proxy.clone();
@@ -733,11 +741,7 @@ async fn hosts_open_only_on_declared_ports_secrets_follow_ports_and_upgrades_are
     );
     // Port 8443 is declared by no package granted to alice yet.
     let listener = std_url.rsplit('@').next().unwrap().parse().unwrap();
-    let credential = std_url
-        .trim_start_matches("http://chiron:")
-        .split('@')
-        .next()
-        .unwrap();
+    let credential = credential_in(&std_url);
     let refused = connect_request(listener, credential, &format!("{HOST}:8443")).await;
     assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
     assert!(refused.contains("port 8443 of api.ports.test"), "{refused}");
