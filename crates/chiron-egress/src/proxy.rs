@@ -684,23 +684,26 @@ fn refusal(status: StatusCode, error: &str, details: &str) -> Response<ProxyBody
         .expect("invariant: a static response is valid")
 }
 
-fn host_of(authority: &str) -> (String, Option<u16>) {
-    match authority.rsplit_once(':') {
-        Some((host, port)) if port.parse::<u16>().is_ok() => {
-            (host.to_ascii_lowercase(), port.parse().ok())
-        }
-        _ => (authority.to_ascii_lowercase(), None),
+/// `authority` split into host and port, when it ends in one.
+fn split_port(authority: &str) -> (&str, Option<u16>) {
+    match authority
+        .rsplit_once(':')
+        .and_then(|(host, port)| Some((host, port.parse().ok()?)))
+    {
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
     }
+}
+
+fn host_of(authority: &str) -> (String, Option<u16>) {
+    let (host, port) = split_port(authority);
+    (host.to_ascii_lowercase(), port)
 }
 
 /// Whether `authority` (a `Host` value) names `host` (lowercase), on `port` if it has one.
 fn names_target(authority: &str, host: &str, port: u16) -> bool {
-    match authority.rsplit_once(':') {
-        Some((named, named_port)) if named_port.parse::<u16>().is_ok() => {
-            named.eq_ignore_ascii_case(host) && named_port.parse() == Ok(port)
-        }
-        _ => authority.eq_ignore_ascii_case(host),
-    }
+    let (named, named_port) = split_port(authority);
+    named.eq_ignore_ascii_case(host) && named_port.is_none_or(|p| p == port)
 }
 
 /// The credential in `Proxy-Authorization: Basic base64(chiron:<credential>)`.
@@ -1041,28 +1044,10 @@ impl EgressProxy {
     }
 
     async fn handle(&self, origin: Origin, request: Request<Incoming>) -> Response<ProxyBody> {
-        let (runner, caller) = match self.identify(origin, &request).await {
-            Ok(identified) => identified,
-            Err(details) => {
-                let runner = Self::unknown_runner();
-                let audit = Audit::new(
-                    &self.inner.audit,
-                    None,
-                    &runner,
-                    request.method(),
-                    request
-                        .uri()
-                        .authority()
-                        .map_or_else(String::new, |a| a.as_str().to_ascii_lowercase()),
-                    "",
-                );
-                audit.finish(StatusCode::SERVICE_UNAVAILABLE, Outcome::ProxyError);
-                return refusal(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "proxy_internal_error",
-                    &details,
-                );
-            }
+        // Storage failing to identify the sender is audited like any refusal, below.
+        let (runner, caller, unidentified) = match self.identify(origin, &request).await {
+            Ok((runner, caller)) => (runner, caller, None),
+            Err(details) => (Self::unknown_runner(), None, Some(details)),
         };
         let is_connect = request.method() == Method::CONNECT;
         let (host, port) = if is_connect {
@@ -1087,6 +1072,14 @@ impl EgressProxy {
             shown_host(&host, port, is_connect),
             if is_connect { "" } else { &path },
         );
+        if let Some(details) = unidentified {
+            audit.finish(StatusCode::SERVICE_UNAVAILABLE, Outcome::ProxyError);
+            return refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "proxy_internal_error",
+                &details,
+            );
+        }
         let Some(caller) = caller else {
             audit.finish(
                 StatusCode::PROXY_AUTHENTICATION_REQUIRED,

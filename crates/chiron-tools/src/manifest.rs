@@ -252,13 +252,18 @@ struct Checker<'a> {
     errors: Vec<ManifestError>,
 }
 
+/// The 1-based line of byte `offset` in `text`.
+fn line_at(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
+}
+
 impl Checker<'_> {
     fn line_of(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())]
-            .bytes()
-            .filter(|&b| b == b'\n')
-            .count()
-            + 1
+        line_at(self.text, offset)
     }
 
     fn fail(
@@ -326,13 +331,7 @@ pub fn parse_manifest(
         .map_err(|err| {
             let field = field_path(err.path());
             let err = err.into_inner();
-            let line = err.span().map(|s| {
-                text[..s.start.min(text.len())]
-                    .bytes()
-                    .filter(|&b| b == b'\n')
-                    .count()
-                    + 1
-            });
+            let line = err.span().map(|s| line_at(text, s.start));
             vec![ManifestError {
                 file: file.to_owned(),
                 line,
