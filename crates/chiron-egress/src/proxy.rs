@@ -976,6 +976,18 @@ impl Audit {
             .fetch_add(self.record.bytes_in as u64, Ordering::Relaxed);
         let _ = self.sink.writer.write(self.record);
     }
+
+    /// Finishes the row as refused and answers the refusal ([`refusal`]).
+    fn refuse(
+        self,
+        status: StatusCode,
+        outcome: Outcome,
+        error: &str,
+        details: &str,
+    ) -> Response<ProxyBody> {
+        self.finish(status, outcome);
+        refusal(status, error, details)
+    }
 }
 
 impl EgressProxy {
@@ -1073,9 +1085,9 @@ impl EgressProxy {
             if is_connect { "" } else { &path },
         );
         if let Some(details) = unidentified {
-            audit.finish(StatusCode::SERVICE_UNAVAILABLE, Outcome::ProxyError);
-            return refusal(
+            return audit.refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
+                Outcome::ProxyError,
                 "proxy_internal_error",
                 &details,
             );
@@ -1097,9 +1109,9 @@ impl EgressProxy {
             return response;
         };
         if host.is_empty() || (!is_connect && request.uri().scheme_str() != Some("http")) {
-            audit.finish(StatusCode::BAD_REQUEST, Outcome::BadRequest);
-            return refusal(
+            return audit.refuse(
                 StatusCode::BAD_REQUEST,
+                Outcome::BadRequest,
                 "http_request_error",
                 "send CONNECT for https, or an absolute http:// URL",
             );
@@ -1107,14 +1119,18 @@ impl EgressProxy {
         match self.host_allowed(&caller, &host, port, is_connect).await {
             Ok(()) => {}
             Err(HostRefused::Undeclared(details)) => {
-                audit.finish(StatusCode::FORBIDDEN, Outcome::DeniedHost);
-                return refusal(StatusCode::FORBIDDEN, "http_request_denied", &details);
+                return audit.refuse(
+                    StatusCode::FORBIDDEN,
+                    Outcome::DeniedHost,
+                    "http_request_denied",
+                    &details,
+                );
             }
             // Storage failing is not a policy answer: the tool may try again.
             Err(HostRefused::GrantsUnavailable(details)) => {
-                audit.finish(StatusCode::SERVICE_UNAVAILABLE, Outcome::ProxyError);
-                return refusal(
+                return audit.refuse(
                     StatusCode::SERVICE_UNAVAILABLE,
+                    Outcome::ProxyError,
                     "proxy_internal_error",
                     &details,
                 );
@@ -1128,9 +1144,9 @@ impl EgressProxy {
         let leaf = match self.inner.ca.leaf(&host) {
             Ok(leaf) => leaf,
             Err(err) => {
-                audit.finish(StatusCode::INTERNAL_SERVER_ERROR, Outcome::ProxyError);
-                return refusal(
+                return audit.refuse(
                     StatusCode::INTERNAL_SERVER_ERROR,
+                    Outcome::ProxyError,
                     "proxy_internal_error",
                     &err,
                 );
@@ -1321,9 +1337,9 @@ impl EgressProxy {
                 .or_else(|| parts.uri.authority().map(|a| a.as_str()));
             let agrees = named.is_some_and(|authority| names_target(authority, host, port));
             if !agrees {
-                audit.finish(StatusCode::MISDIRECTED_REQUEST, Outcome::Mismatch);
-                return refusal(
+                return audit.refuse(
                     StatusCode::MISDIRECTED_REQUEST,
+                    Outcome::Mismatch,
                     "http_request_denied",
                     "Host does not match the CONNECT target",
                 );
@@ -1333,9 +1349,9 @@ impl EgressProxy {
         // A protocol switch (WebSocket) would carry frames the scrubber cannot see: say so
         // rather than forward a request whose upgrade headers were stripped.
         if parts.headers.contains_key(http::header::UPGRADE) {
-            audit.finish(StatusCode::NOT_IMPLEMENTED, Outcome::Unsupported);
-            return refusal(
+            return audit.refuse(
                 StatusCode::NOT_IMPLEMENTED,
+                Outcome::Unsupported,
                 "http_request_error",
                 "protocol upgrades (WebSocket) are not forwarded: secrets in their frames could \
                  not be scrubbed",
@@ -1346,9 +1362,9 @@ impl EgressProxy {
         let (values, patterns) = match self.inner.secrets.current(caller.runner.principal).await {
             Ok(current) => current,
             Err(err) => {
-                audit.finish(StatusCode::SERVICE_UNAVAILABLE, Outcome::SecretsUnavailable);
-                return refusal(
+                return audit.refuse(
                     StatusCode::SERVICE_UNAVAILABLE,
+                    Outcome::SecretsUnavailable,
                     "proxy_configuration_error",
                     &format!("secrets unavailable, nothing is forwarded: {err}"),
                 );
@@ -1373,8 +1389,12 @@ impl EgressProxy {
         match inject(&mut parts, tls, &declared, &values) {
             Ok(names) => audit.record.injected = names,
             Err(details) => {
-                audit.finish(StatusCode::FORBIDDEN, Outcome::PlaceholderRefused);
-                return refusal(StatusCode::FORBIDDEN, "http_request_denied", &details);
+                return audit.refuse(
+                    StatusCode::FORBIDDEN,
+                    Outcome::PlaceholderRefused,
+                    "http_request_denied",
+                    &details,
+                );
             }
         }
 
@@ -1400,9 +1420,9 @@ impl EgressProxy {
                 parts.uri = match format!("{scheme}://{host}:{port}{path_and_query}").parse() {
                     Ok(uri) => uri,
                     Err(_) => {
-                        audit.finish(StatusCode::BAD_REQUEST, Outcome::BadRequest);
-                        return refusal(
+                        return audit.refuse(
                             StatusCode::BAD_REQUEST,
+                            Outcome::BadRequest,
                             "http_request_error",
                             "bad target",
                         );
@@ -1450,10 +1470,12 @@ impl EgressProxy {
                 let refused = dial_refusal(&*err);
                 audit.record.bytes_out = sent.load(std::sync::atomic::Ordering::Relaxed) as i64;
                 return match refused {
-                    Some(details) => {
-                        audit.finish(StatusCode::FORBIDDEN, Outcome::DeniedAddress);
-                        refusal(StatusCode::FORBIDDEN, "destination_ip_prohibited", &details)
-                    }
+                    Some(details) => audit.refuse(
+                        StatusCode::FORBIDDEN,
+                        Outcome::DeniedAddress,
+                        "destination_ip_prohibited",
+                        &details,
+                    ),
                     None => upstream_failed(audit, host, &*err),
                 };
             }
@@ -1486,9 +1508,9 @@ impl EgressProxy {
             // Not asked for, and not readable here: with values to hide, not passed on.
             Some(other) if !patterns.is_empty() => {
                 audit.record.bytes_out = sent.load(std::sync::atomic::Ordering::Relaxed) as i64;
-                audit.finish(StatusCode::BAD_GATEWAY, Outcome::UpstreamError);
-                return refusal(
+                return audit.refuse(
                     StatusCode::BAD_GATEWAY,
+                    Outcome::UpstreamError,
                     "http_response_content_coding_error",
                     &format!(
                         "{host} answered with content-encoding {other}, which chiron cannot scrub"
@@ -1673,8 +1695,12 @@ fn upstream_failed(
     err: &(dyn std::error::Error + 'static),
 ) -> Response<ProxyBody> {
     let details = format!("{host}: {}", error_chain(err));
-    audit.finish(StatusCode::BAD_GATEWAY, Outcome::UpstreamError);
-    refusal(StatusCode::BAD_GATEWAY, "destination_unavailable", &details)
+    audit.refuse(
+        StatusCode::BAD_GATEWAY,
+        Outcome::UpstreamError,
+        "destination_unavailable",
+        &details,
+    )
 }
 
 fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
