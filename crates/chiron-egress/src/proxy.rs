@@ -826,6 +826,21 @@ enum HostRefused {
     GrantsUnavailable(String),
 }
 
+impl HostRefused {
+    /// Finishes `audit` and answers the refusal.
+    fn answer(self, audit: Audit) -> Response<ProxyBody> {
+        match self {
+            Self::Undeclared(details) => audit.refuse(
+                StatusCode::FORBIDDEN,
+                Outcome::DeniedHost,
+                "http_request_denied",
+                &details,
+            ),
+            Self::GrantsUnavailable(details) => audit.storage_unavailable(&details),
+        }
+    }
+}
+
 /// How an egress request ended, as its audit row and the metrics name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -988,6 +1003,17 @@ impl Audit {
         self.finish(status, outcome);
         refusal(status, error, details)
     }
+
+    /// Finishes the row and answers 503: storage could not say whether the request is
+    /// allowed. Not a policy answer, so the tool may try again.
+    fn storage_unavailable(self, details: &str) -> Response<ProxyBody> {
+        self.refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Outcome::ProxyError,
+            "proxy_internal_error",
+            details,
+        )
+    }
 }
 
 impl EgressProxy {
@@ -1085,12 +1111,7 @@ impl EgressProxy {
             if is_connect { "" } else { &path },
         );
         if let Some(details) = unidentified {
-            return audit.refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Outcome::ProxyError,
-                "proxy_internal_error",
-                &details,
-            );
+            return audit.storage_unavailable(&details);
         }
         let Some(caller) = caller else {
             audit.finish(
@@ -1116,25 +1137,8 @@ impl EgressProxy {
                 "send CONNECT for https, or an absolute http:// URL",
             );
         }
-        match self.host_allowed(&caller, &host, port, is_connect).await {
-            Ok(()) => {}
-            Err(HostRefused::Undeclared(details)) => {
-                return audit.refuse(
-                    StatusCode::FORBIDDEN,
-                    Outcome::DeniedHost,
-                    "http_request_denied",
-                    &details,
-                );
-            }
-            // Storage failing is not a policy answer: the tool may try again.
-            Err(HostRefused::GrantsUnavailable(details)) => {
-                return audit.refuse(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Outcome::ProxyError,
-                    "proxy_internal_error",
-                    &details,
-                );
-            }
+        if let Err(refused) = self.host_allowed(&caller, &host, port, is_connect).await {
+            return refused.answer(audit);
         }
         if !is_connect {
             return self

@@ -262,10 +262,6 @@ fn line_at(text: &str, offset: usize) -> usize {
 }
 
 impl Checker<'_> {
-    fn line_of(&self, offset: usize) -> usize {
-        line_at(self.text, offset)
-    }
-
     fn fail(
         &mut self,
         span: Option<std::ops::Range<usize>>,
@@ -274,7 +270,7 @@ impl Checker<'_> {
     ) {
         self.errors.push(ManifestError {
             file: self.file.to_owned(),
-            line: span.map(|s| self.line_of(s.start)),
+            line: span.map(|s| line_at(self.text, s.start)),
             field: field.into(),
             message: message.into(),
         });
