@@ -16,6 +16,10 @@
 //! minute, and a ratio taken from windows far apart measures the drift as much as the proxy.
 //! Each round gives its own ratios; the median round is reported, with the spread.
 //!
+//! Each window also reports the CPU time the process spent per request (client, proxy and
+//! upstream together); the proxied path's CPU per request minus the relay's is what chiron's
+//! own work costs per request.
+//!
 //! Run: `cargo bench -p chiron-egress --bench proxy`; `CHIRON_BENCH_REQUESTS` (default 2000),
 //! `CHIRON_BENCH_ROUNDS` (default 12) and `CHIRON_BENCH_WINDOW_MS` (default 500) adjust it.
 //! For profiling, `CHIRON_BENCH_ONLY=direct|proxy|relay` runs one path alone, for rounds ×
@@ -217,6 +221,26 @@ async fn sequential(client: &reqwest::Client, url: &str, n: usize) -> (Duration,
     )
 }
 
+/// CPU time this process has used so far, on every thread: client, proxy and upstream alike.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, &mut usage), 0);
+        usage
+    };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// One throughput window: requests per second, and CPU time per request (of the whole
+/// process, so client and upstream included).
+#[derive(Clone, Copy)]
+struct Window {
+    rate: f64,
+    cpu_per_request: f64,
+}
+
 /// Requests per second in `window`, from `connections` tasks sending back to back (reqwest
 /// gives each its own pooled connection).
 async fn throughput(
@@ -224,7 +248,8 @@ async fn throughput(
     url: &str,
     window: Duration,
     connections: usize,
-) -> f64 {
+) -> Window {
+    let cpu = cpu_time();
     let deadline = Instant::now() + window;
     let mut tasks = Vec::new();
     for _ in 0..connections {
@@ -244,7 +269,10 @@ async fn throughput(
     for task in tasks {
         total += task.await.unwrap();
     }
-    total as f64 / window.as_secs_f64()
+    Window {
+        rate: total as f64 / window.as_secs_f64(),
+        cpu_per_request: (cpu_time() - cpu).as_secs_f64() / total as f64,
+    }
 }
 
 /// The median and the range of `values`.
@@ -375,8 +403,12 @@ fn main() {
                 other => panic!("CHIRON_BENCH_ONLY: direct, proxy or relay, not {other}"),
             };
             let connections = common::setting("CHIRON_BENCH_CONNECTIONS", CONCURRENT);
-            let rps = throughput(client, target, window * rounds as u32, connections).await;
-            println!("{only} only, {connections} connection(s): {rps:.0} req/s");
+            let run = throughput(client, target, window * rounds as u32, connections).await;
+            println!(
+                "{only} only, {connections} connection(s): {:.0} req/s, {:.1} us CPU per request",
+                run.rate,
+                run.cpu_per_request * 1e6
+            );
             return;
         }
         let (direct_p50, direct_p99) = latency(&direct, &url, requests).await;
@@ -405,8 +437,13 @@ fn main() {
             }
         }
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        let mean = |r: &[f64]| r.iter().sum::<f64>() / r.len() as f64;
-        println!("{:<20} {:>10} {:>10} {:>14} {:>14}", "", "p50", "p99", "1 conn", format!("{CONCURRENT} conns"));
+        let mean = |r: &[Window], of: fn(&Window) -> f64| r.iter().map(of).sum::<f64>() / r.len() as f64;
+        let rate: fn(&Window) -> f64 = |w| w.rate;
+        let cpu: fn(&Window) -> f64 = |w| w.cpu_per_request * 1e6;
+        println!(
+            "{:<20} {:>10} {:>10} {:>14} {:>14} {:>17}",
+            "", "p50", "p99", "1 conn", format!("{CONCURRENT} conns"), "CPU/request 1 | 16"
+        );
         for (which, (name, p50, p99)) in [
             ("direct TLS", direct_p50, direct_p99),
             ("through the proxy", proxy_p50, proxy_p99),
@@ -416,26 +453,36 @@ fn main() {
         .enumerate()
         {
             println!(
-                "{name:<20} {:>7.3} ms {:>7.3} ms {:>8.0} req/s {:>8.0} req/s",
+                "{name:<20} {:>7.3} ms {:>7.3} ms {:>8.0} req/s {:>8.0} req/s {:>6.1} | {:>5.1} us",
                 ms(p50),
                 ms(p99),
-                mean(&rates[0][which]),
-                mean(&rates[1][which]),
+                mean(&rates[0][which], rate),
+                mean(&rates[1][which], rate),
+                mean(&rates[0][which], cpu),
+                mean(&rates[1][which], cpu),
             );
         }
         println!("added p50: {:.3} ms", ms(proxy_p50) - ms(direct_p50));
         let show = |(median, low, high): (f64, f64, f64)| format!("{median:.2}x ({low:.2}-{high:.2})");
         for (rates, connections) in rates.iter().zip([1, CONCURRENT]) {
             let ratio = |of: usize, to: usize| {
-                show(spread(
-                    rates[of].iter().zip(&rates[to]).map(|(a, b)| a / b).collect(),
-                ))
+                show(spread(rates[of].iter().zip(&rates[to]).map(|(a, b)| a.rate / b.rate).collect()))
             };
             println!(
                 "throughput over {connections:>2} connection(s), median round (range): proxy/direct {}   relay/direct {}   proxy/relay {}",
                 ratio(1, 0),
                 ratio(2, 0),
                 ratio(1, 2)
+            );
+        }
+        // What chiron's own work costs beyond the intercepting shape, whatever the host's speed
+        // did to the rates: CPU per request of the proxied path minus the bare relay's.
+        for (rates, connections) in rates.iter().zip([1, CONCURRENT]) {
+            let (median, low, high) = spread(
+                rates[1].iter().zip(&rates[2]).map(|(a, b)| (a.cpu_per_request - b.cpu_per_request) * 1e6).collect(),
+            );
+            println!(
+                "CPU per request, proxy minus relay, over {connections:>2} connection(s), median round (range): {median:.1} us ({low:.1} to {high:.1})"
             );
         }
         proxy.flush_audit().await;
