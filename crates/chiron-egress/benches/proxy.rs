@@ -18,7 +18,9 @@
 //!
 //! Each window also reports the CPU time the process spent per request (client, proxy and
 //! upstream together); the proxied path's CPU per request minus the relay's is what chiron's
-//! own work costs per request.
+//! own work costs per request. It drifts with the host as much as the rates do. The audit rows
+//! of a proxied window's last moments are written during the next window (the writer lingers
+//! up to 50 ms), so both figures flatter the proxy very slightly.
 //!
 //! Run: `cargo bench -p chiron-egress --bench proxy`; `CHIRON_BENCH_REQUESTS` (default 2000),
 //! `CHIRON_BENCH_ROUNDS` (default 12) and `CHIRON_BENCH_WINDOW_MS` (default 500) adjust it.
@@ -475,8 +477,8 @@ fn main() {
                 ratio(1, 2)
             );
         }
-        // What chiron's own work costs beyond the intercepting shape, whatever the host's speed
-        // did to the rates: CPU per request of the proxied path minus the bare relay's.
+        // What chiron's own work costs beyond the intercepting shape: CPU per request of the
+        // proxied path minus the bare relay's, round by round.
         for (rates, connections) in rates.iter().zip([1, CONCURRENT]) {
             let (median, low, high) = spread(
                 rates[1].iter().zip(&rates[2]).map(|(a, b)| (a.cpu_per_request - b.cpu_per_request) * 1e6).collect(),
