@@ -243,8 +243,8 @@ struct Window {
     cpu_per_request: f64,
 }
 
-/// Requests per second in `window`, from `connections` tasks sending back to back (reqwest
-/// gives each its own pooled connection).
+/// Requests per second and CPU per request in `window`, from `connections` tasks sending back
+/// to back (reqwest gives each its own pooled connection).
 async fn throughput(
     client: &reqwest::Client,
     url: &str,
@@ -425,16 +425,16 @@ fn main() {
         for (client, target) in paths {
             throughput(client, target, window / 2, CONCURRENT).await;
         }
-        // rates[connections][path]: for each connection count, rounds of three windows; the
+        // windows[connections][path]: for each connection count, rounds of three windows; the
         // order rotates so that no path always follows the same one (a window inherits a
         // little of the previous one's state).
-        let mut rates = [vec![Vec::new(); 3], vec![Vec::new(); 3]];
+        let mut windows = [vec![Vec::new(); 3], vec![Vec::new(); 3]];
         for round in 0..rounds {
-            for (rates, connections) in rates.iter_mut().zip([1, CONCURRENT]) {
+            for (windows, connections) in windows.iter_mut().zip([1, CONCURRENT]) {
                 for turn in 0..3 {
                     let which = (round + turn) % 3;
                     let (client, target) = paths[which];
-                    rates[which].push(throughput(client, target, window, connections).await);
+                    windows[which].push(throughput(client, target, window, connections).await);
                 }
             }
         }
@@ -458,17 +458,17 @@ fn main() {
                 "{name:<20} {:>7.3} ms {:>7.3} ms {:>8.0} req/s {:>8.0} req/s {:>6.1} | {:>5.1} us",
                 ms(p50),
                 ms(p99),
-                mean(&rates[0][which], rate),
-                mean(&rates[1][which], rate),
-                mean(&rates[0][which], cpu),
-                mean(&rates[1][which], cpu),
+                mean(&windows[0][which], rate),
+                mean(&windows[1][which], rate),
+                mean(&windows[0][which], cpu),
+                mean(&windows[1][which], cpu),
             );
         }
         println!("added p50: {:.3} ms", ms(proxy_p50) - ms(direct_p50));
         let show = |(median, low, high): (f64, f64, f64)| format!("{median:.2}x ({low:.2}-{high:.2})");
-        for (rates, connections) in rates.iter().zip([1, CONCURRENT]) {
+        for (windows, connections) in windows.iter().zip([1, CONCURRENT]) {
             let ratio = |of: usize, to: usize| {
-                show(spread(rates[of].iter().zip(&rates[to]).map(|(a, b)| a.rate / b.rate).collect()))
+                show(spread(windows[of].iter().zip(&windows[to]).map(|(a, b)| a.rate / b.rate).collect()))
             };
             println!(
                 "throughput over {connections:>2} connection(s), median round (range): proxy/direct {}   relay/direct {}   proxy/relay {}",
@@ -479,9 +479,9 @@ fn main() {
         }
         // What chiron's own work costs beyond the intercepting shape: CPU per request of the
         // proxied path minus the bare relay's, round by round.
-        for (rates, connections) in rates.iter().zip([1, CONCURRENT]) {
+        for (windows, connections) in windows.iter().zip([1, CONCURRENT]) {
             let (median, low, high) = spread(
-                rates[1].iter().zip(&rates[2]).map(|(a, b)| (a.cpu_per_request - b.cpu_per_request) * 1e6).collect(),
+                windows[1].iter().zip(&windows[2]).map(|(a, b)| (a.cpu_per_request - b.cpu_per_request) * 1e6).collect(),
             );
             println!(
                 "CPU per request, proxy minus relay, over {connections:>2} connection(s), median round (range): {median:.1} us ({low:.1} to {high:.1})"
