@@ -9,10 +9,11 @@ pub fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// The runtime a benchmark drives its side on: two workers, every driver enabled.
+/// The runtime a benchmark drives its side on: two workers (`CHIRON_BENCH_WORKERS` sets
+/// another number, to see what the second core adds), every driver enabled.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(setting("CHIRON_BENCH_WORKERS", 2))
         .enable_all()
         .build()
         .expect("a Tokio runtime")

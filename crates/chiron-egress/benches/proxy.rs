@@ -22,6 +22,13 @@
 //! of a proxied window's last moments are written during the next window (the writer lingers
 //! up to 50 ms), so both figures flatter the proxy very slightly.
 //!
+//! The second core buys less than it seems. With `CHIRON_BENCH_WORKERS=1` (one runtime worker
+//! instead of two) direct TLS over 16 connections ran faster than with two (63–67k against
+//! 50–56k req/s, one host, same hour: two workers contend), while the proxied path changed
+//! little (26–29k against 27–31k); so the 16-connection ratio moves with the worker count
+//! (0.41–0.45× with one, 0.53–0.57× with two). The one-connection figures do not (0.45–0.48×
+//! both ways): that chain runs on one core at a time either way.
+//!
 //! Run: `cargo bench -p chiron-egress --bench proxy`; `CHIRON_BENCH_REQUESTS` (default 2000),
 //! `CHIRON_BENCH_ROUNDS` (default 12) and `CHIRON_BENCH_WINDOW_MS` (default 500) adjust it.
 //! For profiling, `CHIRON_BENCH_ONLY=direct|proxy|relay` runs one path alone, for rounds ×
