@@ -503,17 +503,28 @@ async fn package_runner(
     (guard, url)
 }
 
-/// A client that trusts chiron's CA and goes through `proxy_url`.
-fn proxied(ca: &CertificateAuthority, proxy_url: &str, http1_only: bool) -> reqwest::Client {
+/// Which protocols a test client offers the proxy (ALPN).
+#[derive(Clone, Copy)]
+enum Offers {
+    Http1,
+    /// HTTP/2 and HTTP/1.1, as reqwest, curl and Go do by default.
+    Both,
+    /// HTTP/2 alone, as gRPC clients do.
+    Http2,
+}
+
+/// A client that trusts chiron's CA, goes through `proxy_url` and offers `protocols`.
+fn proxied(ca: &CertificateAuthority, proxy_url: &str, protocols: Offers) -> reqwest::Client {
     let builder = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
         .proxy(reqwest::Proxy::all(proxy_url).unwrap());
-    let builder = if http1_only {
-        builder.http1_only()
-    } else {
-        builder
-    };
-    builder.build().unwrap()
+    match protocols {
+        Offers::Http1 => builder.http1_only(),
+        Offers::Both => builder,
+        Offers::Http2 => builder.http2_prior_knowledge(),
+    }
+    .build()
+    .unwrap()
 }
 
 /// A manifest entry for `host` on `ports` (besides the standard one), path `/`, with
@@ -615,7 +626,7 @@ async fn a_tunnel_keeps_one_upstream_connection_and_hands_it_to_the_next_tunnel(
     proxy.set_packages(hosts);
     let stop = CancellationToken::new();
     let (guard, proxy_url) = package_runner(&proxy, PrincipalId(alice.id.0), "reuse", &stop).await;
-    let client = || proxied(&ca, &proxy_url, true);
+    let client = || proxied(&ca, &proxy_url, Offers::Http1);
     let get = |client: reqwest::Client, path: &'static str| async move {
         let response = client
             .get(format!("https://{HOST}{path}"))
@@ -657,7 +668,10 @@ async fn a_tunnel_keeps_one_upstream_connection_and_hands_it_to_the_next_tunnel(
     idle.wait_for(|parked| *parked == 1).await.unwrap();
     let (others_guard, others_url) =
         package_runner(&proxy, PrincipalId(alice.id.0), "other", &stop).await;
-    assert_eq!(get(proxied(&ca, &others_url, true), "/items").await, "");
+    assert_eq!(
+        get(proxied(&ca, &others_url, Offers::Http1), "/items").await,
+        ""
+    );
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
 
     // Another principal's tunnel to the same host never gets that connection (nor the value).
@@ -668,17 +682,17 @@ async fn a_tunnel_keeps_one_upstream_connection_and_hands_it_to_the_next_tunnel(
         .unwrap();
     let (bobs_guard, bobs_url) =
         package_runner(&proxy, PrincipalId(bob.id.0), "reuse", &stop).await;
-    let bobs_client = proxied(&ca, &bobs_url, true);
+    let bobs_client = proxied(&ca, &bobs_url, Offers::Http1);
     assert_eq!(get(bobs_client, "/items").await, "");
     assert_eq!(accepted.load(Ordering::SeqCst), 4);
 
-    // Clients that speak HTTP/2 to the proxy are served too, over a pool of the principal's
+    // Clients that speak only HTTP/2 (gRPC) are served too, over a pool of the principal's
     // own: bob's request does not reuse alice's connection.
     for (url, expected, connections) in [
         (&proxy_url, "Bearer [redacted by chiron]", 5),
         (&bobs_url, "", 6),
     ] {
-        let response = proxied(&ca, url, false)
+        let response = proxied(&ca, url, Offers::Http2)
             .get(format!("https://{HOST}/items"))
             .send()
             .await
@@ -688,10 +702,25 @@ async fn a_tunnel_keeps_one_upstream_connection_and_hands_it_to_the_next_tunnel(
         assert_eq!(accepted.load(Ordering::SeqCst), connections);
     }
 
+    // A client that offers both is answered in HTTP/1.1: its tunnel takes alice's parked
+    // connection (the three HTTP/1.1 tunnels above have ended and parked theirs).
+    idle.wait_for(|parked| *parked == 3).await.unwrap();
+    let response = proxied(&ca, &proxy_url, Offers::Both)
+        .get(format!("https://{HOST}/items"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_11);
+    assert_eq!(
+        response.text().await.unwrap(),
+        "Bearer [redacted by chiron]"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 6);
+
     stop.cancel();
     proxy.flush_audit().await;
-    let rows = db.egress_requests(None, 10).await.unwrap();
-    assert_eq!(rows.len(), 10);
+    let rows = db.egress_requests(None, 20).await.unwrap();
+    assert_eq!(rows.len(), 11);
     assert!(rows.iter().all(|r| r.status == 200));
     assert!(rows
         .iter()
@@ -727,7 +756,7 @@ async fn hosts_open_only_on_declared_ports_secrets_follow_ports_and_upgrades_are
     let principal = PrincipalId(alice.id.0);
     let (std_guard, std_url) = package_runner(&proxy, principal, "std", &stop).await;
     let get = |url: &str, target: String| {
-        let client = proxied(&ca, url, true);
+        let client = proxied(&ca, url, Offers::Http1);
         async move {
             let response = client.get(target).send().await.unwrap();
             assert!(response.status().is_success(), "{}", response.status());
@@ -766,7 +795,7 @@ async fn hosts_open_only_on_declared_ports_secrets_follow_ports_and_upgrades_are
         ("gzip, trailers", "trailers"),
         ("gzip", "none"),
     ] {
-        let answer = proxied(&ca, &std_url, true)
+        let answer = proxied(&ca, &std_url, Offers::Http1)
             .get(format!("https://{HOST}/te"))
             .header("te", te)
             .send()
@@ -779,7 +808,7 @@ async fn hosts_open_only_on_declared_ports_secrets_follow_ports_and_upgrades_are
     }
 
     // A WebSocket upgrade is refused with a reason, not forwarded without its headers.
-    let upgrade = proxied(&ca, &std_url, true)
+    let upgrade = proxied(&ca, &std_url, Offers::Http1)
         .get(format!("https://{HOST}/socket"))
         .header("connection", "upgrade")
         .header("upgrade", "websocket")
@@ -875,7 +904,7 @@ async fn basic_query_and_compressed_echoes_of_values_never_reach_the_tool() {
     proxy.set_packages(hosts);
     let stop = CancellationToken::new();
     let (guard, url) = package_runner(&proxy, PrincipalId(alice.id.0), "creds", &stop).await;
-    let client = proxied(&ca, &url, true);
+    let client = proxied(&ca, &url, Offers::Http1);
 
     // The placeholder as a client that encodes query values sends it (colon as %3A), and as
     // written.

@@ -252,7 +252,8 @@ fn egress_injects_only_declared_secrets_scrubs_them_and_audits_everything() {
     );
     outputs.push(vec![echoed]);
 
-    // curl, with the proxy and CA bundle from the environment chiron sets.
+    // curl, with the proxy and CA bundle from the environment chiron sets. It offers HTTP/2
+    // and HTTP/1.1, and is answered in HTTP/1.1 (the tunnel's own upstream connection).
     let curl = run(
         &url,
         &alice,
@@ -264,6 +265,7 @@ fn egress_injects_only_declared_secrets_scrubs_them_and_audits_everything() {
         out.starts_with("0 ") && out.contains("\"path\":\"/curl-echo\""),
         "{out}"
     );
+    assert!(!out.contains("HTTP/2"), "{out}");
     assert_eq!(
         upstream.seen_at("/curl-echo")[0].authorization.as_deref(),
         Some(format!("token {ALICE_GITHUB}").as_str())
