@@ -1235,9 +1235,10 @@ impl EgressProxy {
             });
         let Ok(mut config) = config else { return };
         // HTTP/1.1 first (rustls picks the first of ours the client offers): a client that
-        // offers both (curl, Go, reqwest) gets the tunnel's own upstream connection, which
-        // costs a fraction of what an HTTP/2 tunnel's streams cost per request (a task each,
-        // woken across threads); clients that offer only h2 (gRPC) still get it.
+        // offers both (curl, Go, reqwest) gets the tunnel's own upstream connection. Over
+        // HTTP/2 its requests would go through the pool and HTTP/2 framing: curl through the
+        // proxy measured 0.5–0.65× of its direct rate that way, 0.83–0.89× over HTTP/1.1.
+        // Clients that offer only h2 (gRPC) still get it.
         config.alpn_protocols = vec![b"http/1.1".to_vec(), b"h2".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let tls = match acceptor.accept(TokioIo::new(upgraded)).await {
