@@ -29,6 +29,13 @@
 //! (0.41–0.45× with one, 0.53–0.57× with two). The one-connection figures do not (0.45–0.48×
 //! both ways): that chain runs on one core at a time either way.
 //!
+//! Last, the same comparison with the client tools mostly are: curl (when it is installed), one
+//! process per window making `CHIRON_BENCH_CURL_REQUESTS` requests (default 3000) over one
+//! reused connection, then four times as many over 16 parallel connections, direct, proxied
+//! and relayed in turn, for rounds. The proxy adds about the same CPU per request whatever the
+//! client; how large a share of the whole that is depends on what the client itself costs
+//! (reqwest, above, costs about as little as the upstream).
+//!
 //! Run: `cargo bench -p chiron-egress --bench proxy`; `CHIRON_BENCH_REQUESTS` (default 2000),
 //! `CHIRON_BENCH_ROUNDS` (default 12) and `CHIRON_BENCH_WINDOW_MS` (default 500) adjust it.
 //! For profiling, `CHIRON_BENCH_ONLY=direct|proxy|relay` runs one path alone, for rounds ×
@@ -284,6 +291,37 @@ async fn throughput(
     }
 }
 
+/// Requests per second of one curl process fetching `target` `requests` times, over one
+/// reused connection, or over 16 at once when `parallel`. The three paths differ in `args`
+/// only (CA bundle, and the proxy or a fixed resolution).
+async fn curl_rate(
+    dir: &std::path::Path,
+    args: &[String],
+    target: &str,
+    requests: usize,
+    parallel: bool,
+) -> f64 {
+    let config = dir.join("curl-urls");
+    let mut text = String::with_capacity(requests * (target.len() + 32));
+    for _ in 0..requests {
+        text.push_str(&format!("url = \"{target}\"\noutput = \"/dev/null\"\n"));
+    }
+    std::fs::write(&config, text).unwrap();
+    let mut command = tokio::process::Command::new("curl");
+    command
+        .args(["--silent", "--show-error", "--fail"])
+        .args(args)
+        .arg("--config")
+        .arg(&config);
+    if parallel {
+        command.args(["--parallel", "--parallel-max", "16", "--no-progress-meter"]);
+    }
+    let started = Instant::now();
+    let status = command.status().await.expect("curl runs");
+    assert!(status.success(), "curl: {status}");
+    requests as f64 / started.elapsed().as_secs_f64()
+}
+
 /// The median and the range of `values`.
 fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
     values.sort_by(f64::total_cmp);
@@ -493,6 +531,72 @@ fn main() {
             println!(
                 "CPU per request, proxy minus relay, over {connections:>2} connection(s), median round (range): {median:.1} us ({low:.1} to {high:.1})"
             );
+        }
+        // The client tools mostly are: curl, when it is installed.
+        let curl_requests: usize = common::setting("CHIRON_BENCH_CURL_REQUESTS", 3000);
+        let curl_rounds = rounds.div_ceil(2);
+        let upstream_pem = dir.path().join("upstream.pem");
+        std::fs::write(&upstream_pem, &upstream_ca).unwrap();
+        let chiron_pem = dir.path().join("chiron.pem");
+        std::fs::write(&chiron_pem, ca.pem()).unwrap();
+        let pem = |path: &std::path::Path| vec!["--cacert".to_owned(), path.display().to_string()];
+        let via = |proxy: String| [pem(&chiron_pem), vec!["--proxy".into(), proxy]].concat();
+        let curl_paths = [
+            (
+                [
+                    pem(&upstream_pem),
+                    vec![
+                        "--noproxy".into(),
+                        "*".into(),
+                        "--resolve".into(),
+                        format!("{HOST}:{}:127.0.0.1", upstream.port()),
+                    ],
+                ]
+                .concat(),
+                url.as_str(),
+            ),
+            (via(proxy_url.clone()), url_proxied.as_str()),
+            (via(format!("http://{relay_addr}")), url_proxied.as_str()),
+        ];
+        let has_curl = tokio::process::Command::new("curl")
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .await
+            .is_ok_and(|s| s.success());
+        if !has_curl {
+            println!("curl: not installed, skipped");
+        } else {
+            println!(
+                "curl: {curl_requests} requests over one connection, then {} over 16, in {curl_rounds} rounds",
+                curl_requests * 4
+            );
+            for (parallel, requests, label) in
+                [(false, curl_requests, " 1 connection"), (true, curl_requests * 4, "16 connections")]
+            {
+                let mut rates = vec![Vec::new(); 3];
+                for round in 0..curl_rounds {
+                    for turn in 0..3 {
+                        let which = (round + turn) % 3;
+                        let (args, target) = &curl_paths[which];
+                        rates[which]
+                            .push(curl_rate(dir.path(), args, target, requests, parallel).await);
+                    }
+                }
+                let mean = |r: &[f64]| r.iter().sum::<f64>() / r.len() as f64;
+                let ratio = |of: usize, to: usize| {
+                    show(spread(rates[of].iter().zip(&rates[to]).map(|(a, b)| a / b).collect()))
+                };
+                println!(
+                    "curl over {label}: direct {:.0}, proxied {:.0}, relayed {:.0} req/s; median round (range): proxy/direct {}   relay/direct {}   proxy/relay {}",
+                    mean(&rates[0]),
+                    mean(&rates[1]),
+                    mean(&rates[2]),
+                    ratio(1, 0),
+                    ratio(2, 0),
+                    ratio(1, 2)
+                );
+            }
         }
         proxy.flush_audit().await;
         let audited = db.egress_requests(None, 5).await.unwrap();
