@@ -687,35 +687,36 @@ async fn a_tunnel_keeps_one_upstream_connection_and_hands_it_to_the_next_tunnel(
     assert_eq!(accepted.load(Ordering::SeqCst), 4);
 
     // Clients that speak only HTTP/2 (gRPC) are served too, over a pool of the principal's
-    // own: bob's request does not reuse alice's connection.
-    for (url, expected, connections) in [
-        (&proxy_url, "Bearer [redacted by chiron]", 5),
-        (&bobs_url, "", 6),
+    // own: bob's request does not reuse alice's connection. A client that offers both is
+    // answered in HTTP/1.1: its tunnel takes alice's parked connection (the three HTTP/1.1
+    // tunnels above have ended and parked theirs).
+    idle.wait_for(|parked| *parked == 3).await.unwrap();
+    for (url, offers, version, expected, connections) in [
+        (
+            &proxy_url,
+            Offers::Http2,
+            reqwest::Version::HTTP_2,
+            "Bearer [redacted by chiron]",
+            5,
+        ),
+        (&bobs_url, Offers::Http2, reqwest::Version::HTTP_2, "", 6),
+        (
+            &proxy_url,
+            Offers::Both,
+            reqwest::Version::HTTP_11,
+            "Bearer [redacted by chiron]",
+            6,
+        ),
     ] {
-        let response = proxied(&ca, url, Offers::Http2)
+        let response = proxied(&ca, url, offers)
             .get(format!("https://{HOST}/items"))
             .send()
             .await
             .unwrap();
-        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        assert_eq!(response.version(), version);
         assert_eq!(response.text().await.unwrap(), expected);
         assert_eq!(accepted.load(Ordering::SeqCst), connections);
     }
-
-    // A client that offers both is answered in HTTP/1.1: its tunnel takes alice's parked
-    // connection (the three HTTP/1.1 tunnels above have ended and parked theirs).
-    idle.wait_for(|parked| *parked == 3).await.unwrap();
-    let response = proxied(&ca, &proxy_url, Offers::Both)
-        .get(format!("https://{HOST}/items"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.version(), reqwest::Version::HTTP_11);
-    assert_eq!(
-        response.text().await.unwrap(),
-        "Bearer [redacted by chiron]"
-    );
-    assert_eq!(accepted.load(Ordering::SeqCst), 6);
 
     stop.cancel();
     proxy.flush_audit().await;
