@@ -41,6 +41,7 @@
 //! For profiling, `CHIRON_BENCH_ONLY=direct|proxy|relay` runs one path alone, for rounds ×
 //! window, over `CHIRON_BENCH_CONNECTIONS` connections (default 16).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -291,28 +292,24 @@ async fn throughput(
     }
 }
 
-/// Requests per second of one curl process fetching `target` `requests` times, over one
-/// reused connection, or over 16 at once when `parallel`. The three paths differ in `args`
-/// only (CA bundle, and the proxy or a fixed resolution).
-async fn curl_rate(
-    dir: &std::path::Path,
-    args: &[String],
-    target: &str,
-    requests: usize,
-    parallel: bool,
-) -> f64 {
-    let config = dir.join("curl-urls");
-    let mut text = String::with_capacity(requests * (target.len() + 32));
-    for _ in 0..requests {
-        text.push_str(&format!("url = \"{target}\"\noutput = \"/dev/null\"\n"));
-    }
-    std::fs::write(&config, text).unwrap();
+/// A curl config file in `dir` that fetches `target` `requests` times.
+fn curl_urls(dir: &std::path::Path, name: &str, target: &str, requests: usize) -> PathBuf {
+    let config = dir.join(name);
+    let line = format!("url = \"{target}\"\noutput = \"/dev/null\"\n");
+    std::fs::write(&config, line.repeat(requests)).unwrap();
+    config
+}
+
+/// Requests per second of one curl process fetching what `config` lists (`requests` URLs),
+/// over one reused connection, or over 16 at once when `parallel`. The three paths differ in
+/// `args` (CA bundle, and the proxy or a fixed resolution) and the URL.
+async fn curl_rate(args: &[String], config: &Path, requests: usize, parallel: bool) -> f64 {
     let mut command = tokio::process::Command::new("curl");
     command
         .args(["--silent", "--show-error", "--fail"])
         .args(args)
         .arg("--config")
-        .arg(&config);
+        .arg(config);
     if parallel {
         command.args(["--parallel", "--parallel-max", "16", "--no-progress-meter"]);
     }
@@ -541,22 +538,20 @@ fn main() {
         std::fs::write(&chiron_pem, ca.pem()).unwrap();
         let pem = |path: &std::path::Path| vec!["--cacert".to_owned(), path.display().to_string()];
         let via = |proxy: String| [pem(&chiron_pem), vec!["--proxy".into(), proxy]].concat();
+        // Direct, proxied, relayed; direct fetches `url`, the others `url_proxied`.
         let curl_paths = [
-            (
-                [
-                    pem(&upstream_pem),
-                    vec![
-                        "--noproxy".into(),
-                        "*".into(),
-                        "--resolve".into(),
-                        format!("{HOST}:{}:127.0.0.1", upstream.port()),
-                    ],
-                ]
-                .concat(),
-                url.as_str(),
-            ),
-            (via(proxy_url.clone()), url_proxied.as_str()),
-            (via(format!("http://{relay_addr}")), url_proxied.as_str()),
+            [
+                pem(&upstream_pem),
+                vec![
+                    "--noproxy".into(),
+                    "*".into(),
+                    "--resolve".into(),
+                    format!("{HOST}:{}:127.0.0.1", upstream.port()),
+                ],
+            ]
+            .concat(),
+            via(proxy_url.clone()),
+            via(format!("http://{relay_addr}")),
         ];
         let has_curl = tokio::process::Command::new("curl")
             .arg("--version")
@@ -574,13 +569,15 @@ fn main() {
             for (parallel, requests, label) in
                 [(false, curl_requests, " 1 connection"), (true, curl_requests * 4, "16 connections")]
             {
+                let direct_urls = curl_urls(dir.path(), "curl-direct", &url, requests);
+                let proxied_urls = curl_urls(dir.path(), "curl-proxied", &url_proxied, requests);
                 let mut rates = vec![Vec::new(); 3];
                 for round in 0..curl_rounds {
                     for turn in 0..3 {
                         let which = (round + turn) % 3;
-                        let (args, target) = &curl_paths[which];
+                        let urls = if which == 0 { &direct_urls } else { &proxied_urls };
                         rates[which]
-                            .push(curl_rate(dir.path(), args, target, requests, parallel).await);
+                            .push(curl_rate(&curl_paths[which], urls, requests, parallel).await);
                     }
                 }
                 let mean = |r: &[f64]| r.iter().sum::<f64>() / r.len() as f64;
